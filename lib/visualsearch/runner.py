@@ -1,0 +1,212 @@
+"""Run the companion's notebooks with papermill: what `./run_all.sh` calls.
+
+Each notebook runs in its own papermill process (its own kernel) with the preset, data root, device and
+output folder injected into its `parameters` cell; several run at once with --jobs. The executed notebook
+is saved under <out>/results/<notebook>/<notebook>.ipynb even when a cell fails, and the summary names the
+failing cell. At the end results/index.md gathers every table and figure of the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import atomic
+from .config import PRESETS, repo_root
+from .report import write_index
+
+KERNEL = "visualsearch"
+
+
+@dataclass
+class NotebookRun:
+    notebook: str                     # notebook name (file stem)
+    status: str = "pending"           # ok | failed
+    wall_s: float = 0.0               # seconds for this notebook
+    output: Path | None = None        # the executed notebook
+    log: Path | None = None           # papermill's stdout/stderr
+    written: list = field(default_factory=list)  # tables and figures written by this run
+    failure: str = ""                 # the failing cell and error, when failed
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+
+
+def failing_cell(executed: Path) -> str:
+    """'cell N (first line of source): ErrorName: message' for the first cell with an error output."""
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "the executed notebook could not be read"
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                src = "".join(cell.get("source", "")).strip().splitlines()
+                first = src[0][:80] if src else ""
+                return f"cell {i} ({first!r}): {out.get('ename')}: {out.get('evalue', '')[:300]}"
+    return "no cell holds an error (the kernel died, timed out or the notebook could not start)"
+
+
+def _outputs(out_dir: Path, notebook: str, since: float) -> list[Path]:
+    found = []
+    for sub, pats in (("results", ("*.csv",)), ("figures", ("*.png",))):
+        folder = out_dir / sub / notebook
+        for pat in pats:
+            found += [p for p in folder.glob(pat) if p.stat().st_mtime >= since]
+    return sorted(found)
+
+
+def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, device: str = "cpu",
+                 overrides: dict | None = None, cell_timeout: int = 3600, threads: int | None = None) -> NotebookRun:
+    """Execute one notebook with papermill in a subprocess; never raises for a failing notebook."""
+    run = NotebookRun(notebook)
+    res = out_dir / "results" / notebook
+    res.mkdir(parents=True, exist_ok=True)
+    run.output, run.log = res / f"{notebook}.ipynb", res / f"{notebook}.papermill.log"
+    params = {"preset": preset, "data_root": str(data_root) if data_root else None, "device": device,
+              "out_dir": str(out_dir), "overrides": overrides or {}}
+    cmd = [sys.executable, "-m", "papermill", str(notebooks_dir() / f"{notebook}.ipynb"), str(run.output),
+           "-k", KERNEL, "-y", yaml.safe_dump(params), "--execution-timeout", str(cell_timeout),
+           "--cwd", str(notebooks_dir()), "--no-progress-bar", "--log-output"]
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t0 = time.time()
+    with open(run.log, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    run.wall_s = time.time() - t0
+    run.status = "ok" if proc.returncode == 0 else "failed"
+    if proc.returncode != 0:
+        run.failure = failing_cell(run.output) if run.output.is_file() else \
+            f"papermill exited {proc.returncode} before writing a notebook; see {run.log}"
+    run.written = _outputs(out_dir, notebook, t0)
+    return run
+
+
+def _times_file(out_dir: Path) -> Path:
+    return out_dir / "results" / "run_times.json"
+
+
+def record_times(out_dir: Path, preset: str, total_s: float, warm: bool) -> dict:
+    """Keep the last cold (something trained) and warm (all from cache) total times per preset."""
+    path = _times_file(out_dir)
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times.setdefault(preset, {})["warm_s" if warm else "cold_s"] = round(total_s, 1)
+    atomic.write_text(path, json.dumps(times, indent=1, sort_keys=True))
+    return times[preset]
+
+
+def _cache_was_warm(out_dir: Path, runs: list[NotebookRun]) -> bool:
+    """True when no notebook of the run had to compute a cached entry (read from the sidecars)."""
+    for run in runs:
+        for p in run.written:
+            prov = p.with_suffix(".provenance.json")
+            if prov.is_file():
+                cache = json.loads(prov.read_text()).get("cache") or {}
+                if cache.get("computed"):
+                    return False
+    return True
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="default", choices=PRESETS, help="configs/<notebook>/<preset>.yaml")
+    ap.add_argument("--data-root", default=None, help="folder with the real datasets (default: synthetic worlds)")
+    ap.add_argument("--only", default=None, help="comma-separated notebook names to run (default: all)")
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel, as separate processes")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--out", default=None, help="write OUT/results and OUT/figures (default: the repository)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter in every notebook run (value parsed as YAML)")
+    ap.add_argument("--cell-timeout", type=int, default=3600, help="seconds allowed per cell")
+    return ap.parse_args(argv)
+
+
+def _check_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        sys.exit(f"error: the Jupyter kernel '{KERNEL}' is not registered; run scripts/setup_env.sh "
+                 f"(./run_all.sh does it for you)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = available()
+    if args.only:
+        wanted = [n.strip().removesuffix(".ipynb") for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            sys.exit(f"error: unknown notebook(s) {', '.join(unknown)}; available: {', '.join(names)}")
+        names = wanted
+    if not names:
+        sys.exit(f"error: no notebooks found in {notebooks_dir()}")
+    if args.data_root and not Path(args.data_root).is_dir():
+        sys.exit(f"error: --data-root {args.data_root} is not a folder")
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            sys.exit(f"error: --set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    _check_kernel()
+    out_dir = Path(args.out).resolve() if args.out else repo_root()
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    print(f"running {len(names)} notebook(s) with preset '{args.preset}' on {args.device}, {jobs} at a time; "
+          f"outputs under {out_dir}/results and {out_dir}/figures", flush=True)
+
+    t0 = time.time()
+
+    def one(i_name):
+        i, name = i_name
+        print(f"[{i + 1}/{len(names)}] {name}: started", flush=True)
+        run = run_notebook(name, args.preset, out_dir, args.data_root, args.device, overrides,
+                           args.cell_timeout, threads)
+        extra = f" ({run.failure})" if run.failure else ""
+        print(f"[{i + 1}/{len(names)}] {name}: {run.status} in {run.wall_s:.0f} s{extra}", flush=True)
+        return run
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = list(pool.map(one, enumerate(names)))
+    total = time.time() - t0
+
+    summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset} for r in runs]
+    write_index(out_dir, summary=summary)
+    ok = all(r.status == "ok" for r in runs)
+    times = record_times(out_dir, args.preset, total, warm=_cache_was_warm(out_dir, runs)) if ok else {}
+
+    print("\nsummary")
+    for r in runs:
+        tables = [p.name for p in r.written if p.suffix == ".csv"]
+        figures = [p.name for p in r.written if p.suffix == ".png"]
+        print(f"  {r.notebook:32s} {r.status:7s} {r.wall_s:7.0f} s   {len(tables)} tables, {len(figures)} figures")
+        if tables:
+            print(f"    tables:  {', '.join(tables)}")
+        if figures:
+            print(f"    figures: {', '.join(figures)}")
+    print(f"  total {total:.0f} s; preset '{args.preset}' last cold run {times.get('cold_s', '?')} s, "
+          f"last warm-cache run {times.get('warm_s', '?')} s")
+    print(f"  index of every table and figure: {out_dir / 'results' / 'index.md'}")
+    for r in runs:
+        if r.status != "ok":
+            print(f"\nFAILED: {r.notebook}: {r.failure}\n  executed notebook with the traceback: {r.output}"
+                  f"\n  papermill log: {r.log}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

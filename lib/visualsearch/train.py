@@ -1,0 +1,211 @@
+"""The one training loop every notebook uses.
+
+Why one loop: checkpoints, exact resume, progress bars, CSV logs and DistributedDataParallel are the same
+for a triplet embedding, a face trunk or a MAAF model; only the batch and the loss differ. The caller gives
+
+- `batch_fn(step) -> batch`: a pure function of the step (it seeds its own RNG from `step_seed`), and
+- `step_fn(model, batch) -> (loss, {name: float})`.
+
+Because the batch, the dropout masks (the global torch RNG is reseeded from the step) and the optimizer
+state are all functions of the step and the checkpoint, a run interrupted at step t and resumed ends with
+the same weights as a run that went straight through.
+
+Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on
+GPU); every rank calls `batch_fn(step)` and keeps its own contiguous slice of each tensor along dim 0, so
+the global batch is the same as on one process. Only rank 0 writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import atomic
+from .seeding import step_seed
+
+
+@dataclass
+class TrainConfig:
+    steps: int                         # optimizer steps in total (not epochs)
+    lr: float                          # base learning rate (scaled per parameter group by lr_scale)
+    optimizer: str = "sgd"             # "sgd" or "adam"
+    momentum: float = 0.9              # SGD momentum
+    nesterov: bool = True              # SGD Nesterov momentum (the triplet paper's choice)
+    weight_decay: float = 0.0          # L2 penalty applied by the optimizer
+    adam_eps: float = 1e-8             # Adam epsilon (the CFQ paper uses 1e-4)
+    lr_milestones: tuple = ()          # steps at which the learning rate is multiplied by lr_gamma
+    lr_gamma: float = 0.1              # factor applied at each milestone
+    checkpoint_every: int = 0          # save a checkpoint every N steps (0: only at the end)
+    log_every: int = 10                # progress-bar refresh and CSV flush interval, in steps
+    seed: int = 0                      # seeds the per-step RNG (dropout, augmentation inside step_fn)
+    progress: bool = True              # show a tqdm bar
+    device: str = "cpu"                # "cpu", "cuda" or "cuda:N"
+    grad_clip: float = 0.0             # clip the global gradient norm to this value (0: no clipping)
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that change the result (not progress/logging/checkpoint cadence)."""
+        d = asdict(self)
+        for k in ("checkpoint_every", "log_every", "progress", "device"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module                   # the trained model (unwrapped from DDP)
+    log: pd.DataFrame                  # one row per step: step, loss, lr, step_fn metrics, eval metrics
+    steps_done: int                    # steps completed (== cfg.steps unless stopped)
+    wall_s: float                      # seconds spent in this call (not counting earlier resumed parts)
+    resumed_from: int = 0              # the step a checkpoint was resumed from (0: fresh start)
+    extra: dict = field(default_factory=dict)
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint in run_dir was written by a run with another configuration."""
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _shard(obj: Any, rank: int, world: int) -> Any:
+    """This rank's contiguous slice (dim 0) of every tensor in a batch."""
+    if isinstance(obj, torch.Tensor) and obj.dim() > 0:
+        n = obj.shape[0] // world
+        return obj[rank * n:(rank + 1) * n]
+    if isinstance(obj, dict):
+        return {k: _shard(v, rank, world) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_shard(v, rank, world) for v in obj)
+    return obj
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, param_groups=None) -> torch.optim.Optimizer:
+    """SGD or Adam over `param_groups` ({"params", "lr_scale"}), defaulting to all trainable parameters."""
+    if param_groups is None:
+        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    groups = []
+    for g in param_groups:
+        params = [p for p in g["params"] if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * g.get("lr_scale", 1.0),
+                           "lr_scale": g.get("lr_scale", 1.0)})
+    if not groups:
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}' (valid: sgd, adam)")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Base learning rate at `step` under the step schedule."""
+    return cfg.lr * cfg.lr_gamma ** sum(step >= m for m in cfg.lr_milestones)
+
+
+def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], cfg: TrainConfig,
+          run_dir=None, param_groups=None, eval_fn: Callable | None = None, eval_every: int = 0) -> TrainResult:
+    """Train `model` for cfg.steps steps, resuming from run_dir/checkpoint.pt when present."""
+    from tqdm.auto import tqdm
+
+    rank, world = dist_info()
+    device = torch.device(cfg.device)
+    if world > 1:
+        _init_distributed(cfg.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, param_groups)
+    run_dir = Path(run_dir) if run_dir else None
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+    rows: list[dict] = []
+    start = 0
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"] != cfg.fingerprint():
+            raise CheckpointMismatch(
+                f"{ckpt_path} was written by a run with another training configuration "
+                f"(fingerprint {ckpt['config']}, this run {cfg.fingerprint()}); use another run_dir or delete it")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, rows = ckpt["step"], ckpt["log"]
+    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def save(step: int) -> None:
+        if ckpt_path is None or rank != 0:
+            return
+        atomic.torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "log": rows, "config": cfg.fingerprint()}, ckpt_path)
+        atomic.write_text(run_dir / "log.csv", pd.DataFrame(rows).to_csv(index=False))
+
+    t0 = time.perf_counter()
+    step = start
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", disable=not cfg.progress or rank != 0,
+               leave=False)
+    try:
+        for step in range(start, cfg.steps):
+            lr = lr_at(cfg, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            torch.manual_seed(step_seed(cfg.seed, step, stream=1))
+            batch = batch_fn(step)
+            if world > 1:
+                batch = _shard(batch, rank, world)
+            trained.train()
+            loss, metrics = step_fn(trained, _to_device(batch, device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; last good checkpoint kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, **{k: float(v) for k, v in metrics.items()}}
+            rows.append(row)  # the step is complete once the optimizer has stepped
+            done = step + 1
+            if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
+                trained.eval()
+                with torch.no_grad():
+                    row.update({k: float(v) for k, v in eval_fn(model, done).items()})
+            if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save(done)
+        step = cfg.steps
+        save(cfg.steps)
+    except BaseException:
+        save(len(rows))  # every completed step is kept; the failing one is not
+        raise
+    finally:
+        bar.close()
+    return TrainResult(model=model, log=pd.DataFrame(rows), steps_done=step, wall_s=time.perf_counter() - t0,
+                       resumed_from=start)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) when missing, install the pinned requirements and the
+# library (editable) into it, and register the Jupyter kernel "visualsearch" inside it. Idempotent and fast
+# when nothing changed (a stamp records the hash of requirements.txt + pyproject.toml).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="${VISUALSEARCH_VENV:-$root/.venv}"
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for c in python3.11 python3 python; do
+    if command -v "$c" >/dev/null 2>&1; then py=$c; break; fi
+  done
+fi
+[ -n "$py" ] || { echo "error: no python found; install Python 3.11" >&2; exit 1; }
+"$py" -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)' || {
+  echo "error: $py is $("$py" --version 2>&1); the companion needs Python 3.11" >&2; exit 1; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating the virtual environment $venv"
+  "$py" -m venv "$venv"
+fi
+stamp="$venv/.visualsearch-installed"
+want=$(cat "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pinned requirements into $venv (a few minutes the first time)"
+  "$venv/bin/python" -m pip install -q -r "$root/requirements.txt" 2>&1 | grep -v -i "warning: location" || true
+  "$venv/bin/python" -m pip install -q --no-deps -e "$root" 2>&1 | grep -v -i "warning: location" || true
+  "$venv/bin/python" -c "import torch, torchvision, papermill, visualsearch" || {
+    echo "error: the installation in $venv is incomplete (see the pip messages above)" >&2; exit 1; }
+  "$venv/bin/python" -m ipykernel install --sys-prefix --name visualsearch --display-name "visualsearch (Python 3.11)" >/dev/null
+  echo "$want" > "$stamp"
+fi

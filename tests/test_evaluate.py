@@ -1,0 +1,93 @@
+"""Exact retrieval and Recall@K against naive loops, with ties, exclusions, chunking and FAISS."""
+import pytest
+import torch
+
+from visualsearch.evaluate import recall_at_k, retrieve
+
+
+def naive_topk(q, g, k, exclude=None):
+    """Python loop: score every item, drop the excluded one, sort by (-score, index)."""
+    out = []
+    for i in range(q.shape[0]):
+        items = [(-float(q[i] @ g[j]), j) for j in range(g.shape[0]) if exclude is None or j != int(exclude[i])]
+        out.append([j for _, j in sorted(items)[:k]])
+    return torch.tensor(out)
+
+
+def naive_recall(topk, ql, gl, k):
+    return sum(any(gl[j] == ql[i] for j in topk[i][:k]) for i in range(len(ql))) / len(ql)
+
+
+@pytest.mark.parametrize("chunk,gchunk", [(1, 3), (4, 7), (1000, 100000)])
+def test_matches_naive_loop_with_ties(chunk, gchunk):
+    g = torch.randint(-2, 3, (40, 4)).float()   # small integer vectors: many tied scores
+    q = torch.randint(-2, 3, (13, 4)).float()
+    top = retrieve(q, g, k=10, chunk_size=chunk, gallery_chunk_size=gchunk)
+    assert torch.equal(top.indices, naive_topk(q, g, 10))
+    assert torch.allclose(top.scores, (q @ g.T).gather(1, top.indices))
+
+
+def test_exclusion_self_and_reference():
+    g = torch.randint(-2, 3, (30, 4)).float()
+    top = retrieve(g, g, k=5, exclude="self", chunk_size=7, gallery_chunk_size=8)
+    assert torch.equal(top.indices, naive_topk(g, g, 5, exclude=torch.arange(30)))
+    assert not (top.indices == torch.arange(30).unsqueeze(1)).any()
+    q = torch.randn(9, 4)
+    ref = torch.tensor([0, 3, -1, 29, 5, 5, 12, -1, 1])
+    top = retrieve(q, g, k=6, exclude=ref, chunk_size=4, gallery_chunk_size=5)
+    naive = naive_topk(q, g, 6, exclude=ref)
+    assert torch.equal(top.indices, naive)
+
+
+def test_k_capped_to_gallery():
+    g = torch.randn(5, 3)
+    assert retrieve(g, g, k=100, exclude="self").indices.shape == (5, 4)
+    assert retrieve(g[:2], g, k=100).indices.shape == (2, 5)
+
+
+def test_chunked_equals_unchunked_on_random_data():
+    torch.manual_seed(0)
+    q, g = torch.randn(200, 16), torch.randn(1000, 16)
+    a = retrieve(q, g, k=20, chunk_size=1000, gallery_chunk_size=10**6)
+    b = retrieve(q, g, k=20, chunk_size=17, gallery_chunk_size=93)
+    assert torch.equal(a.indices, b.indices) and torch.allclose(a.scores, b.scores)
+
+
+def test_faiss_returns_the_exact_rankings():
+    torch.manual_seed(1)
+    q, g = torch.nn.functional.normalize(torch.randn(100, 32), dim=1), torch.nn.functional.normalize(torch.randn(500, 32), dim=1)
+    for exclude in (None, torch.randint(-1, 500, (100,))):
+        a = retrieve(q, g, k=10, exclude=exclude)
+        b = retrieve(q, g, k=10, exclude=exclude, backend="faiss")
+        assert torch.equal(a.indices, b.indices)
+        assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    a = retrieve(g, g, k=10, exclude="self")
+    b = retrieve(g, g, k=10, exclude="self", backend="faiss")
+    assert torch.equal(a.indices, b.indices)
+
+
+def test_recall_matches_naive_with_several_relevant_items():
+    torch.manual_seed(2)
+    q, g = torch.randn(50, 8), torch.randn(120, 8)
+    ql, gl = torch.randint(0, 10, (50,)), torch.randint(0, 10, (120,))
+    top = retrieve(q, g, k=30)
+    r = recall_at_k(top.indices, ql, gl, ks=(1, 5, 10, 30))
+    for k in (1, 5, 10, 30):
+        assert r[k] == pytest.approx(naive_recall(top.indices.tolist(), ql.tolist(), gl.tolist(), k))
+
+
+def test_recall_hand_computed():
+    idx = torch.tensor([[2, 0, 1], [1, 2, 0]])
+    ql = torch.tensor([7, 9])
+    gl = torch.tensor([7, 8, 9])      # query 0's match is at rank 2, query 1's at rank 2 too (index 2)
+    assert recall_at_k(idx, ql, gl, ks=(1, 2, 3)) == {1: 0.0, 2: 1.0, 3: 1.0}
+
+
+def test_bad_arguments_are_named():
+    g = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="dimension"):
+        retrieve(torch.randn(2, 4), g, 2)
+    with pytest.raises(ValueError, match="backend"):
+        retrieve(g, g, 2, backend="annoy")
+    with pytest.raises(ValueError, match="exclude"):
+        retrieve(g, g, 2, exclude="others")

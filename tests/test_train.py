@@ -1,0 +1,89 @@
+"""The training loop: exact resume, checkpoint checks, logs, schedules, DDP under torchrun."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from visualsearch.train import CheckpointMismatch, lr_at, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_toy import batch_fn, cfg, step_fn, toy_model  # noqa: E402
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    straight = train(toy_model(), step_fn, batch_fn, cfg()).model.state_dict()
+
+    calls = {"n": 0}
+
+    def dying_step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 14:           # killed during step 14, after the checkpoint at step 10
+            raise KeyboardInterrupt
+        return step_fn(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_model(), dying_step, batch_fn, cfg(), run_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 13  # completed steps kept
+    resumed = train(toy_model(), step_fn, batch_fn, cfg(), run_dir=tmp_path)
+    assert resumed.resumed_from == 13
+    for k, v in straight.items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert list(resumed.log["step"]) == list(range(1, 21))
+
+
+def test_loss_decreases_and_log_is_written(tmp_path):
+    res = train(toy_model(), step_fn, batch_fn, cfg(steps=60), run_dir=tmp_path)
+    assert res.log["loss"].iloc[-10:].mean() < 0.5 * res.log["loss"].iloc[:10].mean()
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss,lr,batch_size") and len(log) == 61
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    train(toy_model(), step_fn, batch_fn, cfg(steps=10), run_dir=tmp_path)
+    with pytest.raises(CheckpointMismatch, match="another training configuration"):
+        train(toy_model(), step_fn, batch_fn, cfg(steps=10, lr=0.1), run_dir=tmp_path)
+
+
+def test_step_schedule_and_param_group_scales():
+    c = cfg(lr=1.0, lr_milestones=(5, 8), lr_gamma=0.1)
+    assert [lr_at(c, s) for s in (0, 4, 5, 7, 8, 19)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    model = toy_model()
+    frozen_first = [{"params": model[0].parameters(), "lr_scale": 0.0},
+                    {"params": list(model[1].parameters()) + list(model[4].parameters()), "lr_scale": 1.0}]
+    before = model[0].weight.clone()
+    train(model, step_fn, batch_fn, cfg(steps=5, momentum=0.0), param_groups=frozen_first)
+    assert torch.equal(before, model[0].weight)
+
+
+def test_eval_fn_is_logged_at_its_cadence():
+    res = train(toy_model(), step_fn, batch_fn, cfg(steps=10), eval_fn=lambda m, s: {"val": s}, eval_every=4)
+    assert res.log["val"].dropna().tolist() == [4, 8, 10]
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    def nan_step(model, batch):
+        loss, m = step_fn(model, batch)
+        return loss * float("nan"), m
+
+    with pytest.raises(FloatingPointError, match="step 0"):
+        train(toy_model(), nan_step, batch_fn, cfg(steps=3))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_identical(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(Path(__file__).parent / "train_toy.py"), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in r0["state"]:
+        if "running" in k or "num_batches" in k:
+            continue  # BatchNorm running statistics are per process under DDP (not synchronised)
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    loss = r0["loss"]
+    assert sum(loss[-10:]) < 0.5 * sum(loss[:10])

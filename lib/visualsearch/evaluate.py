@@ -23,14 +23,13 @@ class TopK:
 
 def _select(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of each row of `scores` (candidates with gallery indices `index`, same shape), ordered by score
-    descending then gallery index ascending. Exact under ties: rows whose k-th score is tied beyond the cut
-    are resolved with a stable sort."""
+    descending then gallery index ascending. Exact under ties: one extra candidate tells whether a tie
+    straddles the cut; such rows, and rows with ties inside the top-k, are resolved with a stable sort."""
     k = min(k, scores.shape[1])
-    top_s, top_pos = scores.topk(k, dim=1)
-    top_i = index.gather(1, top_pos)
-    tied_rows = (scores >= top_s[:, -1:]).sum(1) > k           # a tie straddles the cut
-    if k > 1:
-        tied_rows |= (top_s[:, 1:] == top_s[:, :-1]).any(1)     # a tie inside the top-k
+    extra = 1 if scores.shape[1] > k else 0
+    top_s, top_pos = scores.topk(k + extra, dim=1)
+    tied_rows = (top_s[:, 1:] == top_s[:, :-1]).any(1) if k + extra > 1 else torch.zeros(len(scores), dtype=torch.bool)
+    top_s, top_i = top_s[:, :k], index.gather(1, top_pos[:, :k])
     if tied_rows.any():
         rows = tied_rows.nonzero().squeeze(1)
         s, i = scores[rows], index[rows]
@@ -42,7 +41,7 @@ def _select(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Te
 
 
 def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024,
-             gallery_chunk_size: int = 65536, backend: str = "torch") -> TopK:
+             gallery_chunk_size: int = 8192, backend: str = "torch") -> TopK:
     """Top-k gallery items by dot product for every query.
 
     exclude: None; "self" (queries are the gallery, query i must not retrieve item i); or a LongTensor [Q]
@@ -84,8 +83,7 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
                 hit = (ex >= 0) & (ex < g.shape[0])
                 if hit.any():
                     s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")
-            idx = torch.arange(g0, g0 + g.shape[0]).expand_as(s)
-            cs, ci = _select(s, idx, k)
+            cs, ci = _select(s, torch.arange(g0, g0 + g.shape[0]).expand_as(s), k)
             if best_s is None:
                 best_s, best_i = cs, ci
             else:

@@ -70,17 +70,20 @@ def _outputs(out_dir: Path, notebook: str, since: float) -> list[Path]:
 
 
 def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, device: str = "cpu",
-                 overrides: dict | None = None, cell_timeout: int = 3600, threads: int | None = None) -> NotebookRun:
-    """Execute one notebook with papermill in a subprocess; never raises for a failing notebook."""
+                 overrides: dict | None = None, cell_timeout: int = 3600, threads: int | None = None,
+                 source_dir: Path | None = None) -> NotebookRun:
+    """Execute one notebook (from notebooks/ or `source_dir`) with papermill in a subprocess; never raises
+    for a failing notebook: the failure is in the returned NotebookRun."""
     run = NotebookRun(notebook)
     res = out_dir / "results" / notebook
     res.mkdir(parents=True, exist_ok=True)
     run.output, run.log = res / f"{notebook}.ipynb", res / f"{notebook}.papermill.log"
     params = {"preset": preset, "data_root": str(data_root) if data_root else None, "device": device,
               "out_dir": str(out_dir), "overrides": overrides or {}}
-    cmd = [sys.executable, "-m", "papermill", str(notebooks_dir() / f"{notebook}.ipynb"), str(run.output),
+    source_dir = Path(source_dir) if source_dir else notebooks_dir()
+    cmd = [sys.executable, "-m", "papermill", str(source_dir / f"{notebook}.ipynb"), str(run.output),
            "-k", KERNEL, "-y", yaml.safe_dump(params), "--execution-timeout", str(cell_timeout),
-           "--cwd", str(notebooks_dir()), "--no-progress-bar", "--log-output"]
+           "--cwd", str(source_dir), "--no-progress-bar", "--log-output"]
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

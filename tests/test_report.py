@@ -1,0 +1,98 @@
+"""Reporting: tidy tables with reported numbers, atomic writes, provenance sidecars, claims, index."""
+import json
+
+import matplotlib
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from visualsearch import atomic  # noqa: E402
+from visualsearch.data.errors import SkipLog  # noqa: E402
+from visualsearch.report import Reporter, context_rows, markdown_table, with_reported, write_index  # noqa: E402
+
+
+@pytest.fixture
+def rep(tmp_path):
+    return Reporter("toy_nb", {"preset": "smoke", "out_dir": str(tmp_path), "device": "cpu", "seed": 5})
+
+
+def test_table_csv_md_and_sidecar(rep, tmp_path):
+    skips = SkipLog()
+    skips.add("img/a.jpg", "corrupt image")
+    rep.note_data("synthetic toy", "abc123", skips)
+    df = pd.DataFrame({"method": ["ours", "ours"], "dataset": ["d", "d"], "metric": ["R@1", "R@10"],
+                       "reproduced": [0.5, 0.9]})
+    wide = rep.table("recall", df, data="synthetic toy")
+    csv = tmp_path / "results" / "toy_nb" / "recall.csv"
+    out = pd.read_csv(csv)
+    assert list(out.columns[:8]) == ["method", "dataset", "metric", "reproduced", "reported", "reported_source",
+                                     "data", "preset"]
+    assert set(out["preset"]) == {"smoke"} and set(out["data"]) == {"synthetic toy"}
+    assert list(wide.columns) == ["method", "dataset", "R@1", "R@10"]
+    assert "| ours | d | 0.500 | 0.900 |" in csv.with_suffix(".md").read_text()
+    prov = json.loads(csv.with_suffix(".provenance.json").read_text())
+    assert prov["seed"] == 5 and prov["data"] == {"synthetic toy": "abc123"}
+    assert prov["skipped_inputs"]["synthetic toy"]["skipped"] == 1
+    assert prov["packages"]["torch"].startswith("2.14.1") and "commit" in prov["git"]
+    assert prov["parameters"]["preset"] == "smoke"
+
+
+def test_table_requires_tidy_columns(rep):
+    with pytest.raises(ValueError, match="tidy columns"):
+        rep.table("bad", pd.DataFrame({"method": ["x"]}), data="d")
+
+
+def test_reported_numbers_joined_and_unknown_left_empty():
+    df = pd.DataFrame({"method": ["MAAF", "MAAF", "mine"], "dataset": ["average", "CSS", "average"],
+                       "metric": ["(R@10+R@50)/2", "R@1", "(R@10+R@50)/2"], "reproduced": [0.3, 0.5, 0.2]})
+    out = with_reported(df, "maaf")
+    assert out.loc[0, "reported"] == 36.6 and "cited" in out.loc[0, "reported_source"]
+    assert pd.isna(out.loc[1, "reported"]) and "not transcribed" in out.loc[1, "reported_source"]
+    assert pd.isna(out.loc[2, "reported"]) and pd.isna(out.loc[2, "reported_source"])
+    ctx = context_rows("triplet", "sop_context")
+    assert ctx["reproduced"].isna().all() and 79.5 in set(ctx["reported"])
+
+
+def test_every_reported_file_is_well_formed():
+    from visualsearch.report import reported_numbers
+
+    for paper in ("triplet", "face", "maaf", "cfq"):
+        df = reported_numbers(paper)
+        assert list(df.columns) == ["paper", "table", "method", "dataset", "metric", "value", "source", "status"]
+        unknown = df["status"] == "not transcribed"
+        assert df.loc[unknown, "value"].isna().all(), f"{paper}: an unknown number has a value"
+        assert df.loc[~unknown, "value"].notna().all(), f"{paper}: a known number lacks its value"
+
+
+def test_figure_png_pdf_and_claims(rep, tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = rep.figure("curve", fig, data="synthetic toy")
+    assert png.is_file() and png.with_suffix(".pdf").is_file() and png.with_suffix(".provenance.json").is_file()
+    assert rep.check("A beats B", False, "A 0.1 vs B 0.2") is False
+    rep.check("C holds", True, "margin 0.3")
+    claims = pd.read_csv(tmp_path / "results" / "toy_nb" / "claims.csv")
+    assert list(claims["reproduced"]) == [False, True]
+    index = write_index(tmp_path).read_text()
+    assert "❌ A beats B" in index and "✅ C holds" in index and "figures/toy_nb/curve.png" in index
+
+
+def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):
+    path = tmp_path / "table.csv"
+    atomic.write_text(path, "old contents\n")
+
+    def half_then_crash(f):
+        f.write("new half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic.atomic_write(path, half_then_crash, mode="w")
+    assert path.read_text() == "old contents\n"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_markdown_table_escapes_and_blanks():
+    md = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [float("nan")]}))
+    assert "x\\|y" in md and md.strip().endswith("| x\\|y |  |")

@@ -1,0 +1,38 @@
+"""The papermill runner on a tiny notebook: parameters injected, outputs listed, failures named."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from visualsearch.runner import run_notebook
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_parameters_are_injected_and_outputs_listed(tmp_path):
+    run = run_notebook("toy_notebook", "default", tmp_path, overrides={"value": 0.25}, source_dir=FIXTURES)
+    assert run.status == "ok", run.failure
+    table = pd.read_csv(tmp_path / "results" / "toy_notebook" / "numbers.csv")
+    assert table["reproduced"].tolist() == [0.25] and table["preset"].tolist() == ["default"]
+    assert [p.name for p in run.written] == ["numbers.csv"]
+    executed = json.loads(run.output.read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "value" in "".join(injected[0]["source"])
+
+
+def test_failure_names_the_cell_and_keeps_the_executed_notebook(tmp_path):
+    run = run_notebook("toy_notebook", "smoke", tmp_path, overrides={"fail": True}, source_dir=FIXTURES)
+    assert run.status == "failed"
+    assert "ValueError: boom on purpose" in run.failure and "if overrides.get" in run.failure
+    assert run.output.is_file()
+    # what ran before the failing cell is kept
+    assert (tmp_path / "results" / "toy_notebook" / "numbers.csv").is_file()
+
+
+def test_unknown_notebook_is_refused_with_the_list(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "visualsearch.runner", "--only", "no_such_notebook",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown notebook(s) no_such_notebook" in proc.stderr

@@ -142,6 +142,8 @@ class Reporter:
         self.claims: list[dict] = []
         self.cache = None                     # a ResultCache, if the notebook uses one (hits shown)
         self.written: list[Path] = []
+        from .train import dist_info
+        self.enabled = dist_info()[0] == 0    # under torchrun only rank 0 writes
         set_theme()
 
     # provenance --------------------------------------------------------
@@ -164,6 +166,8 @@ class Reporter:
         }
 
     def _sidecar(self, path: Path, extra: dict | None = None) -> None:
+        if not self.enabled:
+            return
         atomic.write_text(path.with_suffix(".provenance.json"),
                           json.dumps(self.provenance(path.name, extra), indent=1, default=str))
 
@@ -181,6 +185,8 @@ class Reporter:
         df["preset"] = self.preset
         df = df[TIDY_COLUMNS + [c for c in df.columns if c not in TIDY_COLUMNS]]
         csv = self.results_dir / f"{name}.csv"
+        if not self.enabled:
+            return self.wide(df)
         atomic.write_text(csv, df.to_csv(index=False))
         md = f"# {self.notebook}: {name}\n\nData: {data}. Preset: {self.preset}.\n"
         md += (f"\n{note}\n" if note else "") + "\n" + markdown_table(self.wide(df)) + "\n"
@@ -211,6 +217,8 @@ class Reporter:
     def figure(self, name: str, fig, data: str = "") -> Path:
         """Save `fig` as PNG and PDF (+ sidecar) and return the PNG path."""
         png = self.figures_dir / f"{name}.png"
+        if not self.enabled:
+            return png
         for ext in ("png", "pdf"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext)
@@ -228,6 +236,8 @@ class Reporter:
                             "measured": measured, "preset": self.preset})
         df = pd.DataFrame(self.claims)
         csv = self.results_dir / "claims.csv"
+        if not self.enabled:
+            return bool(passed)
         atomic.write_text(csv, df.to_csv(index=False))
         atomic.write_text(csv.with_suffix(".md"), f"# {self.notebook}: claims checked on preset {self.preset}\n\n"
                           + markdown_table(df[["claim", "reproduced", "detail"]]))

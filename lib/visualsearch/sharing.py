@@ -1,0 +1,112 @@
+"""Sharing-pattern search: which branch depth per attribute gives the best accuracy within a FLOP budget.
+
+Why: the face paper picks, by experiment, how much of the identity network the four attribute predictions
+share, so that all four cost about 1 GFLOP. A pattern gives each attribute a branch depth L_a (the number
+of shared, frozen identity stages it reads from). One forward pass of the pattern computes the trunk's
+stages 1..max_a L_a once (every attribute branching at or below a stage reads that shared computation),
+then each attribute's private copy of stages L_a+1.. and its head. So
+
+    cost(pattern) = sum of trunk stages 1..max_a L_a + sum over attributes of (stages L_a+1..end + head_a).
+
+(The issue words the shared part as "up to the shallowest branch"; the trunk must in fact run up to the
+deepest branch point, since that attribute reads the frozen features there. This is what
+`MultiHeadFaceNet` computes, and the tests check the sum against counting the built network.)
+
+Costs are counted by visualsearch.flops.count_flops (torch.utils.flop_counter), per stage at the input
+size the cost is quoted for, and reported both as multiply-adds (`macs`) and FLOPs (2 per multiply-add).
+A pattern's accuracy is the mean over attributes of the per-depth accuracies measured by fine-tuning,
+which is exact because branches are independent given the frozen trunk.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+import torch
+
+from .flops import count_flops
+from .models.face import FaceNetConfig, FaceTrunk, PooledHead
+
+ATTRIBUTES = ("age", "gender", "ethnicity", "emotion")
+
+
+def part_costs(cfg: FaceNetConfig, n_classes: dict, input_size: int) -> dict:
+    """{"stages": [cost of trunk stage 1, ...], "heads": {attribute: cost}} at `input_size` px, where a cost
+    is {"flops", "macs", "params"} of one image's forward pass."""
+    trunk = FaceTrunk(cfg).eval()
+    h = torch.zeros(1, 3, input_size, input_size)
+    stages = []
+    for s in trunk.stages:
+        c = count_flops(s, h)
+        stages.append({k: c[k] for k in ("flops", "macs", "params")})
+        with torch.no_grad():
+            h = s(h)
+    heads = {}
+    for a, n in n_classes.items():
+        c = count_flops(PooledHead(cfg.widths[-1], n), h)
+        heads[a] = {k: c[k] for k in ("flops", "macs", "params")}
+    return {"stages": stages, "heads": heads}
+
+
+def pattern_cost(pattern: dict, costs: dict) -> dict:
+    """{"flops", "macs", "params"} of the network that runs `pattern` ({attribute: depth}) in one pass."""
+    stages, heads = costs["stages"], costs["heads"]
+    shared = max(pattern.values())
+    parts = list(stages[:shared])
+    for a, d in pattern.items():
+        parts += list(stages[d:]) + [heads[a]]
+    return {k: sum(p[k] for p in parts) for k in ("flops", "macs", "params")}
+
+
+def pattern_name(pattern: dict) -> str:
+    """'age@1 gender@4 ...': attribute@branch depth."""
+    return " ".join(f"{a}@{d}" for a, d in pattern.items())
+
+
+def enumerate_patterns(accuracy: dict, costs: dict, depths=None) -> pd.DataFrame:
+    """Every pattern over `depths` (default: all depths in `accuracy`), one row each: its depths, cost, params,
+    per-attribute accuracy (`acc_<attribute>`) and `mean_accuracy`.
+
+    `accuracy[attribute][depth]` is the measured accuracy of that branch (e.g. the mean over seeds).
+    """
+    attrs = list(accuracy)
+    if depths is None:
+        depths = sorted(set.intersection(*(set(accuracy[a]) for a in attrs)))
+    rows = []
+    for combo in itertools.product(depths, repeat=len(attrs)):
+        pattern = dict(zip(attrs, combo))
+        row = {"pattern": pattern_name(pattern), **{f"depth_{a}": d for a, d in pattern.items()},
+               **pattern_cost(pattern, costs)}
+        for a, d in pattern.items():
+            row[f"acc_{a}"] = float(accuracy[a][d])
+        row["mean_accuracy"] = sum(row[f"acc_{a}"] for a in attrs) / len(attrs)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pareto_front(df: pd.DataFrame, cost: str = "flops", value: str = "mean_accuracy") -> pd.Series:
+    """True for patterns that no other pattern beats on both cost (lower) and value (higher)."""
+    order = df.sort_values([cost, value], ascending=[True, False])
+    best = -float("inf")
+    keep = pd.Series(False, index=df.index)
+    for i, v in zip(order.index, order[value]):
+        if v > best:
+            keep[i] = True
+            best = v
+    return keep
+
+
+def choose_pattern(df: pd.DataFrame, budget: float, convention: str = "flops") -> pd.Series:
+    """The most accurate pattern whose cost (`convention`: "flops" or "macs") is within `budget`; among equally
+    accurate ones the cheapest. Raises ValueError when no pattern fits."""
+    if convention not in ("flops", "macs"):
+        raise ValueError(f"cost convention {convention!r}: expected 'flops' or 'macs'")
+    fits = df[df[convention] <= budget]
+    if fits.empty:
+        raise ValueError(f"no sharing pattern fits {budget:.3g} {convention}; the cheapest costs {df[convention].min():.3g}")
+    return fits.sort_values(["mean_accuracy", convention], ascending=[False, True]).iloc[0]
+
+
+def pattern_of(row: pd.Series, attributes=ATTRIBUTES) -> dict:
+    """{attribute: depth} of a row of `enumerate_patterns`."""
+    return {a: int(row[f"depth_{a}"]) for a in attributes if f"depth_{a}" in row}

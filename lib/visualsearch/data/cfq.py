@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..cfq_metrics import aggregate_judgments
@@ -150,3 +151,289 @@ def read_cfq(root, skips: SkipLog | None = None, verify_images: bool = True) -> 
         raise DataFormatError(root / "images", "no judgment has both its images readable",
                               expected="images/{hash}.jpeg for the hashes in judgments.tsv")
     return data
+
+
+# ============================================================================================ synthetic CFQ
+#
+# A CFQ in the released layout, drawn on the products world's garments. Each query is a reference garment
+# and a caption made of one or two *constraints* on the target ("is blue", "not red", "shorter sleeves",
+# "with stripes", "without dots", "longer"). Its small judged catalog mixes, on purpose:
+#   - targets: the reference with the caption applied and nothing else changed (accurate, similar);
+#   - caption-true but dissimilar items: the caption holds but other attributes changed;
+#   - look-alikes the caption rules out: the reference's look, or one attribute off it, caption false;
+#   - partly true items (two-constraint captions): one constraint holds;
+#   - fillers: random garments (of the query's category in subset "focused", of any category in "broad").
+# Ground truth: accuracy = how many constraints hold (all: yes, some: not sure, none: no); similarity =
+# how many attributes the caption does *not* mention differ from the reference (0: reasonable, 1: somewhat
+# reasonable, 2+ or another category: not reasonable). Each pair is judged by several annotators, each
+# answering one level off the truth with probability `annotator_noise`. "broad" is a subset name of the
+# release; "focused" is ours (the release's other subset names are unknown).
+
+ATTRIBUTES = ("colour", "pattern", "sleeve", "length", "neckline")  # the coarse attributes of a Product
+PATTERN_PHRASES = {"solid": ("plain", "solid coloured"), "stripes": ("with stripes", "striped"),
+                   "dots": ("with dots", "polka dotted"), "checks": ("checked", "with a check pattern"),
+                   "floral": ("floral", "with flowers"), "gradient": ("with a colour gradient", "faded")}
+SLEEVE_ORDER = ("sleeveless", "short", "long")  # for "shorter / longer sleeves"
+LENGTH_ORDER = ("cropped", "shorts", "mini", "regular", "knee", "full", "long", "maxi")  # for "shorter / longer"
+ACCURATE_ANSWERS = ("no", "not sure", "yes")  # index = truth level 0, 1, 2
+SIMILAR_ANSWERS = ("not reasonable", "somewhat reasonable", "reasonable")
+
+
+@dataclass
+class CFQWorldConfig:
+    """Sizes of a synthetic CFQ. All fields JSON-able; the world is a pure function of them."""
+
+    seed: int = 0                                   # draws garments, captions, catalogs and annotators
+    categories: tuple = ("dress", "shirt", "toptee")  # product categories (keys of products.CATEGORIES)
+    queries_per_subset: int = 40                    # (reference, caption) queries in each subset
+    subsets: tuple = ("broad", "focused")           # "broad": fillers of any category; "focused": same category
+    catalog_size: int = 10                          # judged catalog items per query
+    annotators: int = 3                             # judgments per (query, caption, item)
+    annotator_noise: float = 0.15                   # chance an annotator answers one level off the truth
+    two_constraint_prob: float = 0.35               # chance a caption has two constraints
+    negation_prob: float = 0.3                      # chance a constraint is a negation ("not red")
+    image_size: int = 64                            # images are image_size x image_size JPEG
+    missing_images: int = 3                         # catalog images left out, as in the release (3 missing)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One requirement of a caption on the target: attribute `kind` of `attribute` relative to `value`.
+    kind: "is" (== value), "not" (!= value), "shorter" / "longer" (ordered below / above value)."""
+
+    attribute: str
+    kind: str
+    value: str
+
+    def holds(self, item) -> bool:
+        v = getattr(item, self.attribute)
+        if self.kind == "is":
+            return v == self.value
+        if self.kind == "not":
+            return v != self.value
+        order = SLEEVE_ORDER if self.attribute == "sleeve" else LENGTH_ORDER
+        if v not in order or self.value not in order:
+            return False
+        return order.index(v) < order.index(self.value) if self.kind == "shorter" else order.index(v) > order.index(self.value)
+
+
+def constraint_phrases(c: Constraint) -> list[str]:
+    """Ways to say a constraint; the first is the caption's, the others its paraphrases."""
+    a, k, v = c.attribute, c.kind, c.value
+    if a == "colour":
+        return [f"is {v}", f"{v} instead", f"in {v}"] if k == "is" else [f"not {v}", f"is not {v}", f"no {v}"]
+    if a == "pattern":
+        said = PATTERN_PHRASES[v]
+        if k == "is":
+            return [said[0], f"is {said[1]}", f"has a {v} pattern" if v != "solid" else "has no pattern"]
+        return [f"not {said[1]}", f"without a {v} pattern" if v != "solid" else "has a pattern", f"is not {said[0]}"]
+    if a == "sleeve":
+        if k in ("shorter", "longer"):
+            return [f"{k} sleeves", f"has {k} sleeves", f"with {k} sleeves"]
+        said = {"sleeveless": "sleeveless", "short": "with short sleeves", "long": "with long sleeves"}[v]
+        return [said, f"is {said}", f"has {v} sleeves" if v != "sleeveless" else "has no sleeves"] if k == "is" \
+            else [f"not {said}", f"is not {said}", f"sleeves not {v}"]
+    if a == "length":
+        if k in ("shorter", "longer"):
+            return [k, f"is {k}", f"a {k} one"]
+        return [f"is {v} length", f"{v} length", f"in {v} length"] if k == "is" else [f"not {v} length", f"is not {v} length", f"not {v}"]
+    if a == "neckline":
+        said = {"round": "a round neck", "v": "a v-neck", "square": "a square neck", "collar": "a collar",
+                "turtle": "a turtleneck", "hood": "a hood", "none": "no neckline"}[v]
+        if k == "is":
+            return [f"has {said}", f"with {said}", said]
+        return [f"without {said}", f"not {said}", f"no {said.removeprefix('a ')}"]
+    raise ValueError(f"unknown attribute {a!r}")
+
+
+def caption_text(constraints, variant: int = 0) -> str:
+    """The caption of one or two constraints (variant 0 = the caption itself, 1-2 = paraphrases)."""
+    return " and ".join(constraint_phrases(c)[variant] for c in constraints)
+
+
+def _options(category: str, attribute: str) -> tuple:
+    from .products import CATEGORIES, COLOURS, PATTERNS
+
+    _, sleeves, lengths, necks = CATEGORIES[category]
+    return {"colour": COLOURS, "pattern": PATTERNS, "sleeve": sleeves, "length": lengths, "neckline": necks}[attribute]
+
+
+def _draw_constraint(rng, reference, used: set, negation_prob: float) -> Constraint | None:
+    """A constraint the reference does NOT satisfy (so the caption asks for a change), on an unused attribute."""
+    choices = []
+    for a in ATTRIBUTES:
+        if a in used:
+            continue
+        values = _options(reference.category, a)
+        if len(values) < 2:
+            continue
+        ref = getattr(reference, a)
+        if rng.random() < negation_prob:
+            choices.append(Constraint(a, "not", ref))
+        elif a in ("sleeve", "length") and rng.random() < 0.5:
+            order = SLEEVE_ORDER if a == "sleeve" else LENGTH_ORDER
+            ranked = sorted(values, key=order.index)
+            kinds = [k for k, ok in (("shorter", ranked.index(ref) > 0), ("longer", ranked.index(ref) < len(ranked) - 1)) if ok]
+            choices.append(Constraint(a, str(rng.choice(kinds)), ref))
+        else:
+            others = [v for v in values if v != ref]
+            choices.append(Constraint(a, "is", str(rng.choice(others))))
+    if not choices:
+        return None
+    return choices[rng.integers(len(choices))]
+
+
+def _satisfy(rng, item, c: Constraint):
+    """`item` changed minimally so that constraint `c` holds (returns a new Product)."""
+    import dataclasses
+
+    if c.holds(item):
+        return item
+    values = [v for v in _options(item.category, c.attribute)
+              if c.holds(dataclasses.replace(item, **{c.attribute: v}))]
+    if not values:
+        return None
+    if c.kind in ("shorter", "longer"):  # the nearest value in the asked direction
+        order = SLEEVE_ORDER if c.attribute == "sleeve" else LENGTH_ORDER
+        values = sorted(values, key=lambda v: abs(order.index(v) - order.index(c.value)))[:1]
+    return dataclasses.replace(item, **{c.attribute: str(rng.choice(values))})
+
+
+def _violate(rng, item, c: Constraint):
+    """`item` changed minimally so that constraint `c` fails (the reference's value, which fails it)."""
+    import dataclasses
+
+    values = [v for v in _options(item.category, c.attribute)
+              if not c.holds(dataclasses.replace(item, **{c.attribute: v}))]
+    return dataclasses.replace(item, **{c.attribute: str(rng.choice(values))}) if values else None
+
+
+def _change_unmentioned(rng, item, mentioned: set, n: int):
+    import dataclasses
+
+    free = [a for a in ATTRIBUTES if a not in mentioned and len(_options(item.category, a)) > 1]
+    rng.shuffle(free)
+    for a in free[:n]:
+        item = dataclasses.replace(item, **{a: str(rng.choice([v for v in _options(item.category, a) if v != getattr(item, a)]))})
+    return item
+
+
+def truth_levels(reference, constraints, item) -> tuple[int, int]:
+    """(accuracy level, similarity level) in 0..2 (0 = no / not reasonable, 2 = yes / reasonable)."""
+    held = sum(c.holds(item) for c in constraints)
+    accuracy = 2 if held == len(constraints) else (0 if held == 0 else 1)
+    if item.category != reference.category:
+        return accuracy, 0
+    mentioned = {c.attribute for c in constraints}
+    differ = sum(getattr(item, a) != getattr(reference, a) for a in ATTRIBUTES if a not in mentioned)
+    return accuracy, max(0, 2 - differ)
+
+
+def _annotate(rng, level: int, noise: float) -> int:
+    if rng.random() < noise:
+        return int(np.clip(level + rng.choice([-1, 1]), 0, 2))
+    return level
+
+
+def _hash(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def draw_cfq_queries(cfg: CFQWorldConfig) -> list[dict]:
+    """The world's queries: per query the subset, reference Product, constraints, caption and catalog
+    [(kind, Product)]; a pure function of `cfg`."""
+    from .products import sample_product
+
+    rng = np.random.default_rng([cfg.seed, 606])
+    queries = []
+    for subset in cfg.subsets:
+        made = 0
+        while made < cfg.queries_per_subset:
+            category = str(rng.choice(cfg.categories))
+            reference = sample_product(rng, category)
+            constraints = []
+            for _ in range(2 if rng.random() < cfg.two_constraint_prob else 1):
+                c = _draw_constraint(rng, reference, {x.attribute for x in constraints}, cfg.negation_prob)
+                if c is not None:
+                    constraints.append(c)
+            mentioned = {c.attribute for c in constraints}
+            target = reference
+            for c in constraints:
+                target = _satisfy(rng, target, c)
+            if not constraints or target is None:
+                continue
+            catalog = [("target", target), ("target", target)]
+            for n in (1, 2):
+                catalog.append((f"caption true, {n} other change", _change_unmentioned(rng, target, mentioned, n)))
+            catalog.append(("look-alike ruled out", reference))
+            catalog.append(("look-alike ruled out", _change_unmentioned(rng, reference, mentioned, 1)))
+            if len(constraints) == 2:
+                partial = _violate(rng, target, constraints[1])
+                if partial is not None:
+                    catalog.append(("partly true", partial))
+            while len(catalog) < cfg.catalog_size:
+                cat = category if subset == "focused" else str(rng.choice(cfg.categories))
+                catalog.append(("filler", sample_product(rng, cat)))
+            catalog = catalog[:cfg.catalog_size]
+            # every catalog entry is a distinct garment instance of the given look
+            catalog = [(kind, sample_product(rng, p.category, (p.colour, p.pattern, p.sleeve, p.length, p.neckline)))
+                       for kind, p in catalog]
+            queries.append({"subset": subset, "index": made, "reference": reference, "constraints": constraints,
+                            "caption": caption_text(constraints), "catalog": catalog})
+            made += 1
+    return queries
+
+
+def build_cfq(folder, params) -> None:
+    """Write a synthetic CFQ (`CFQWorldConfig` or its asdict) into `folder` in the released layout, plus
+    `catalog_kinds.csv` (why each catalog item is there: the world's ground truth, not part of the format)."""
+    from dataclasses import asdict
+
+    from .products import render_photo, sample_view
+
+    cfg = params if isinstance(params, CFQWorldConfig) else CFQWorldConfig(**params)
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, 607])
+    rows, kinds, equivalent, catalog_hashes = [], [], {}, []
+
+    def save(product, name):
+        view = sample_view(rng, "shop")
+        render_photo(product, view, cfg.image_size)[0].save(folder / "images" / f"{name}.jpeg", quality=92)
+
+    for q in draw_cfq_queries(cfg):
+        qhash = _hash(cfg.seed, q["subset"], q["index"], "query")
+        save(q["reference"], qhash)
+        equivalent[q["caption"]] = [caption_text(q["constraints"], v) for v in (1, 2)]
+        for j, (kind, item) in enumerate(q["catalog"]):
+            chash = _hash(cfg.seed, q["subset"], q["index"], j)
+            save(item, chash)
+            catalog_hashes.append(chash)
+            acc, sim = truth_levels(q["reference"], q["constraints"], item)
+            kinds.append({"subset": q["subset"], "query_hash": qhash, "caption": q["caption"], "catalog_hash": chash,
+                          "kind": kind, "true_accurate": acc - 1, "true_similar": sim - 1,
+                          **{f"item_{a}": getattr(item, a) for a in ("category", *ATTRIBUTES)}})
+            for w in range(cfg.annotators):
+                rows.append([q["subset"], qhash, q["caption"], chash,
+                             ACCURATE_ANSWERS[_annotate(rng, acc, cfg.annotator_noise)],
+                             SIMILAR_ANSWERS[_annotate(rng, sim, cfg.annotator_noise)], f"worker{w}"])
+    with open(folder / "judgments.tsv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        w.writerow(["subset", "query_hash", "caption", "catalog_hash", "accurate", "similar", "worker_id"])
+        w.writerows(rows)
+    (folder / "equivalent_captions.json").write_text(json.dumps(equivalent, indent=1))
+    pd.DataFrame(kinds).to_csv(folder / "catalog_kinds.csv", index=False)
+    for chash in list(rng.choice(catalog_hashes, size=min(cfg.missing_images, len(catalog_hashes)), replace=False)):
+        (folder / "images" / f"{chash}.jpeg").unlink()
+    (folder / "world.json").write_text(json.dumps(asdict(cfg), sort_keys=True))
+
+
+def cfq_world(cfg: CFQWorldConfig, root=None) -> Path:
+    """The folder of the synthetic CFQ `cfg`, generated once into the world cache."""
+    from dataclasses import asdict
+
+    from .worlds import ensure_world
+
+    return ensure_world("cfq", asdict(cfg), build_cfq, root=root)

@@ -125,3 +125,22 @@ def test_retrieval_metrics_against_sklearn():
     assert m["mAP"] == pytest.approx(np.mean([average_precision_score(c, s) for c, s in zip(correct, scores)]))
     with pytest.raises(ValueError, match="target label set"):
         im.retrieval_metrics(scores, [[7], [2], [1]], gallery)
+
+
+def test_synthetic_world_in_the_released_layout(tmp_path):
+    from visualsearch.data.products import Product
+
+    p = Product(category="dress", colour="red", pattern="solid", sleeve="long", length="maxi", neckline="v")
+    assert im.product_labels(p) == ["Dresses", "Red", "Long Sleeved", "Maxi", "V-Necks"]  # solid: no label
+    im.build_imat(tmp_path, im.IMatWorldConfig(train_images=120, val_images=40, image_size=16))
+    train = im.read_imat(tmp_path, "train")
+    val = im.read_imat(tmp_path, "val")
+    assert len(train.annotations) == 120 and len(val.annotations) == 40 and not train.skips.count
+    assert set(train.label_names.values()) == set(im.synthetic_label_names())
+    assert (train.annotations.neighbors.map(len) > 0).mean() > 0.5
+    sets = dict(zip(train.annotations.imageId, map(frozenset, train.annotations.labels)))
+    for image, ns in zip(train.annotations.imageId, train.annotations.neighbors):
+        for n in ns:  # the rule: one label added, removed or replaced
+            assert len(sets[image] - sets[n]) <= 1 and len(sets[n] - sets[image]) <= 1 and sets[n] != sets[image]
+    pair = im.draw_pair(train, np.random.default_rng(1))
+    assert pair.caption and pair.target in sets

@@ -333,3 +333,93 @@ def retrieval_metrics(scores: np.ndarray, target_labels: list, gallery_labels: l
     # a query whose every gallery item is correct has AP 1 (scikit-learn's value; undefined as a ranking)
     aps[correct.all(axis=1)] = 1.0
     return {"roc_auc": roc, "mAP": float(np.mean(aps)), "n_queries": len(scores), "n_gallery": len(gallery)}
+
+
+# ====================================================================================== synthetic iMaterialist
+#
+# iMaterialist-style labels drawn on the products world's garments: each image is one garment photographed in
+# a shop or street view, labelled with iMaterialist-like names of its category, colour, pattern, sleeve,
+# length and neckline. Weak, as the real labels are: each attribute label is dropped with probability
+# `label_dropout` (a "solid" garment has no pattern label at all, as iMaterialist has no "solid" label).
+# Garments are drawn with independent attributes, so label sets that differ by one label are common and the
+# neighbour rule finds pairs.
+
+CATEGORY_LABELS = {"dress": "Dresses", "shirt": "Shirts", "toptee": "Tops", "trousers": "Pants", "skirt": "Skirts",
+                   "jacket": "Jackets", "sweater": "Sweaters", "jumpsuit": "Jumpsuits", "coat": "Coats",
+                   "shorts": "Shorts", "vest": "Vests", "hoodie": "Hoodies"}
+PATTERN_LABELS = {"solid": None, "stripes": "Stripes", "dots": "Polka Dot", "checks": "Plaid", "floral": "Floral",
+                  "gradient": "Ombre"}
+SLEEVE_LABELS = {"sleeveless": "Sleeveless", "short": "Short Sleeves", "long": "Long Sleeved", "none": None}
+LENGTH_LABELS = {"cropped": "Cropped", "shorts": "Short Length", "mini": "Mini", "regular": "Regular Length",
+                 "knee": "Knee Length", "full": "Full Length", "long": "Long Length", "maxi": "Maxi"}
+NECKLINE_LABELS = {"round": "Round Neck", "v": "V-Necks", "square": "Square Necked", "collar": "Collared",
+                   "turtle": "Turtlenecks", "hood": "Hooded", "none": None}
+
+
+def synthetic_label_names() -> list[str]:
+    """Every label name the synthetic world can use, in a fixed order (its label map)."""
+    from .products import COLOURS
+
+    names = list(CATEGORY_LABELS.values()) + [c.capitalize() for c in COLOURS]
+    for table in (PATTERN_LABELS, SLEEVE_LABELS, LENGTH_LABELS, NECKLINE_LABELS):
+        names += [v for v in table.values() if v is not None]
+    return list(dict.fromkeys(names))
+
+
+def product_labels(product) -> list[str]:
+    """iMaterialist-style label names of a products-world garment (before dropout)."""
+    names = [CATEGORY_LABELS[product.category], product.colour.capitalize(), PATTERN_LABELS[product.pattern],
+             SLEEVE_LABELS[product.sleeve], LENGTH_LABELS[product.length], NECKLINE_LABELS[product.neckline]]
+    return [n for n in names if n is not None]
+
+
+@dataclass
+class IMatWorldConfig:
+    """Sizes of a synthetic iMaterialist world. JSON-able; the world is a pure function of it."""
+
+    seed: int = 0                                    # draws garments, views and label dropout
+    categories: tuple = ("dress", "shirt", "toptee")  # garment categories
+    train_images: int = 1500                         # images of the train split
+    val_images: int = 300                            # images of the validation split
+    label_dropout: float = 0.05                      # chance each non-category label is missing (weak labels)
+    street_fraction: float = 0.5                     # fraction of street (cluttered) photos, else shop photos
+    image_size: int = 64                             # images are image_size x image_size JPEG
+
+
+def build_imat(folder, params) -> None:
+    """Write a synthetic iMaterialist world: imat2018_label_map.tsv, train.json, validation.json (Kaggle
+    layout: {"images": [...], "annotations": [{"imageId", "labelId"}]}) and images in the released layout."""
+    from .products import render_photo, sample_product, sample_view
+
+    cfg = params if isinstance(params, IMatWorldConfig) else IMatWorldConfig(**params)
+    folder = Path(folder)
+    names = synthetic_label_names()
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    (folder / "imat2018_label_map.tsv").write_text(
+        "labelId\tlabelName\n" + "".join(f"{ids[n]}\t{n}\n" for n in names))
+    rng = np.random.default_rng([cfg.seed, 808])
+    image_id = 0
+    for split, n in (("train", cfg.train_images), ("validation", cfg.val_images)):
+        annotations, images = [], []
+        for _ in range(n):
+            image_id += 1
+            product = sample_product(rng, str(rng.choice(cfg.categories)))
+            labels = product_labels(product)
+            kept = [labels[0]] + [x for x in labels[1:] if rng.random() >= cfg.label_dropout]
+            kind = "street" if rng.random() < cfg.street_fraction else "shop"
+            img, _ = render_photo(product, sample_view(rng, kind), cfg.image_size)
+            path = image_path(folder, split, image_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path, quality=92)
+            annotations.append({"imageId": str(image_id), "labelId": [str(ids[x]) for x in kept]})
+            images.append({"imageId": str(image_id), "url": [f"synthetic://{split}/{image_id}"]})
+        (folder / f"{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
+def imat_world(cfg: IMatWorldConfig, root=None) -> Path:
+    """The folder of the synthetic iMaterialist world `cfg`, generated once into the world cache."""
+    from dataclasses import asdict
+
+    from .worlds import ensure_world
+
+    return ensure_world("imaterialist", asdict(cfg), build_imat, root=root)

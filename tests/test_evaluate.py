@@ -91,3 +91,16 @@ def test_bad_arguments_are_named():
         retrieve(g, g, 2, backend="annoy")
     with pytest.raises(ValueError, match="exclude"):
         retrieve(g, g, 2, exclude="others")
+
+
+def test_two_level_topk_path_matches_naive_with_ties():
+    """Blocks wide enough for the grouped candidate path (see evaluate._candidates), with many ties."""
+    torch.manual_seed(3)
+    g = torch.randint(-3, 4, (4096, 3)).float()
+    q = torch.randint(-3, 4, (6, 3)).float()
+    top = retrieve(q, g, k=5, gallery_chunk_size=2048)
+    assert torch.equal(top.indices, naive_topk(q, g, 5))
+    q, g = torch.randn(20, 8), torch.randn(8192, 8)
+    a = retrieve(q, g, k=10, gallery_chunk_size=8192)
+    b = retrieve(q, g, k=10, gallery_chunk_size=100)   # narrow blocks: plain top-k path
+    assert torch.equal(a.indices, b.indices)

@@ -21,32 +21,42 @@ class TopK:
     indices: torch.Tensor  # [Q, k] gallery index of each retrieved item
 
 
-def _select(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row of `scores` (candidates with gallery indices `index`, same shape), ordered by score
-    descending then gallery index ascending. Exact under ties: one extra candidate tells whether a tie
-    straddles the cut; such rows, and rows with ties inside the top-k, are resolved with a stable sort."""
-    k = min(k, scores.shape[1])
-    extra = 1 if scores.shape[1] > k else 0
-    top_s, top_pos = scores.topk(k + extra, dim=1)
-    tied_rows = (top_s[:, 1:] == top_s[:, :-1]).any(1) if k + extra > 1 else torch.zeros(len(scores), dtype=torch.bool)
-    top_s, top_i = top_s[:, :k], index.gather(1, top_pos[:, :k])
-    if tied_rows.any():
-        rows = tied_rows.nonzero().squeeze(1)
-        s, i = scores[rows], index[rows]
-        order = i.argsort(dim=1, stable=True)              # by gallery index first ...
-        s, i = s.gather(1, order), i.gather(1, order)
-        order = (-s).argsort(dim=1, stable=True)[:, :k]     # ... then by score, stable keeps index order
-        top_s[rows], top_i[rows] = s.gather(1, order), i.gather(1, order)
-    return top_s, top_i
+GROUP = 16  # columns per group in the two-level top-k of a block (see _block_top)
 
 
-def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None, chunk_size: int = 1024,
-             gallery_chunk_size: int = 8192, backend: str = "torch") -> TopK:
+def _block_top(scores: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m best (score, column) of each row of one score block, in no particular tie order.
+
+    Wide blocks are cut into groups of GROUP columns; a group whose maximum is not among the m largest
+    group maxima cannot hold any of the m best items (m other groups each hold a larger one), so the top-m
+    is taken over the m best groups only: one max-pool pass instead of a top-k over every column.
+    """
+    q, g = scores.shape
+    m = min(m, g)
+    if g % GROUP or g < 4 * m * GROUP:
+        return scores.topk(m, dim=1)
+    group_max = torch.nn.functional.max_pool1d(scores.unsqueeze(1), GROUP).squeeze(1)   # [q, g / GROUP]
+    groups = group_max.topk(m, dim=1).indices                                           # [q, m]
+    cols = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP)).view(q, -1)              # [q, m * GROUP]
+    top_s, pos = scores.gather(1, cols).topk(m, dim=1)
+    return top_s, cols.gather(1, pos)
+
+
+def _stable_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k by score descending, ties by lower column: the exact rule, used for rows with ties."""
+    order = (-scores).argsort(dim=1, stable=True)[:, :k]
+    return scores.gather(1, order), order
+
+
+def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None, chunk_size: int = 512,
+             gallery_chunk_size: int = 16384, backend: str = "torch") -> TopK:
     """Top-k gallery items by dot product for every query.
 
     exclude: None; "self" (queries are the gallery, query i must not retrieve item i); or a LongTensor [Q]
     holding one gallery index to drop per query (-1 for none), e.g. the reference image in Fashion IQ.
     k is capped at the number of retrievable items. Memory is O(chunk_size x gallery_chunk_size).
+    Ties are broken by the lower gallery index: every block contributes its k+1 best; where the k+1 best
+    of a query hold equal scores, that query's row is recomputed and stably sorted.
     """
     queries, gallery = queries.float(), gallery.float()
     nq, ng = queries.shape[0], gallery.shape[0]
@@ -70,25 +80,38 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
     if backend != "torch":
         raise ValueError(f"unknown backend '{backend}' (valid: torch, faiss)")
 
+    buf = torch.empty(min(chunk_size, nq) * min(gallery_chunk_size, ng))  # reused: no allocation per block
+
+    def scores_of(q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
+        if (q1 - q0) * (g1 - g0) <= buf.numel():
+            s = torch.matmul(queries[q0:q1], gallery[g0:g1].T, out=buf[:(q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0))
+        else:
+            s = queries[q0:q1] @ gallery[g0:g1].T
+        if exclude is not None:
+            ex = exclude[q0:q1] - g0
+            hit = (ex >= 0) & (ex < g1 - g0)
+            if hit.any():
+                s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")
+        return s
+
+    m = min(k + 1, ng)  # one extra candidate reveals a tie at the cut
     out_s = torch.empty(nq, k)
     out_i = torch.empty(nq, k, dtype=torch.long)
     for q0 in range(0, nq, chunk_size):
-        q = queries[q0:q0 + chunk_size]
-        best_s = best_i = None
+        q1 = min(q0 + chunk_size, nq)
+        cand_s, cand_i = [], []
         for g0 in range(0, ng, gallery_chunk_size):
-            g = gallery[g0:g0 + gallery_chunk_size]
-            s = q @ g.T
-            if exclude is not None:
-                ex = exclude[q0:q0 + chunk_size] - g0
-                hit = (ex >= 0) & (ex < g.shape[0])
-                if hit.any():
-                    s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")
-            cs, ci = _select(s, torch.arange(g0, g0 + g.shape[0]).expand_as(s), k)
-            if best_s is None:
-                best_s, best_i = cs, ci
-            else:
-                best_s, best_i = _select(torch.cat([best_s, cs], 1), torch.cat([best_i, ci], 1), k)
-        out_s[q0:q0 + chunk_size], out_i[q0:q0 + chunk_size] = best_s, best_i
+            g1 = min(g0 + gallery_chunk_size, ng)
+            s, cols = _block_top(scores_of(q0, q1, g0, g1), m)
+            cand_s.append(s)
+            cand_i.append(cols + g0)
+        s, pos = torch.cat(cand_s, 1).topk(min(m, sum(c.shape[1] for c in cand_s)), dim=1)
+        i = torch.cat(cand_i, 1).gather(1, pos)
+        tied = (s[:, 1:] == s[:, :-1]).any(1) if s.shape[1] > 1 else torch.zeros(q1 - q0, dtype=torch.bool)
+        out_s[q0:q1], out_i[q0:q1] = s[:, :k], i[:, :k]
+        for r in tied.nonzero().squeeze(1).tolist():
+            ts, ti = _stable_top(scores_of(q0 + r, q0 + r + 1, 0, ng), k)
+            out_s[q0 + r], out_i[q0 + r] = ts[0], ti[0]
     return TopK(out_s, out_i)
 
 
@@ -108,7 +131,16 @@ def _retrieve_faiss(queries, gallery, k, exclude) -> TopK:
         drop_last = keep.all(1)
         keep[drop_last, -1] = False
         s, i = s[keep].view(-1, k), i[keep].view(-1, k)
-    return TopK(*_select(s, i, k))
+    ts, pos = _stable_top_pairs(s, i, k)
+    return TopK(ts, pos)
+
+
+def _stable_top_pairs(s: torch.Tensor, i: torch.Tensor, k: int):
+    """Order FAISS's candidates by score descending, then gallery index ascending."""
+    order = i.argsort(dim=1, stable=True)
+    s, i = s.gather(1, order), i.gather(1, order)
+    order = (-s).argsort(dim=1, stable=True)[:, :k]
+    return s.gather(1, order), i.gather(1, order)
 
 
 def recall_at_k(indices: torch.Tensor, query_labels, gallery_labels, ks: Sequence[int]) -> dict[int, float]:

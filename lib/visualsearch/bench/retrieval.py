@@ -52,8 +52,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gallery", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--chunk-size", type=int, default=1024, help="queries per block")
-    ap.add_argument("--gallery-chunk-size", type=int, default=8192, help="gallery items per block")
+    ap.add_argument("--chunk-size", type=int, default=512, help="queries per block")
+    ap.add_argument("--gallery-chunk-size", type=int, default=16384, help="gallery items per block")
     args = ap.parse_args(argv)
 
     g = torch.Generator().manual_seed(0)

@@ -144,12 +144,22 @@ def test_contrastive_pretraining_beats_chance():
     assert metrics["i2t_accuracy"] >= 0.75  # chance is 1/8
 
 
-def test_minilm_text_tower_caches_and_is_frozen():
+def test_caption_phrases():
+    assert C.caption_phrases("is blue and has stripes inadditiontothat is darker") == ["is blue", "has stripes",
+                                                                                      "is darker"]
+    assert C.caption_phrases("not red, shorter") == ["not red", "shorter"]
+    assert C.caption_phrases("Leopard And Cheetah not Zebra") == ["Leopard And Cheetah not Zebra"]
+
+
+def test_minilm_text_tower_caches_phrases_and_is_frozen():
     tokens = C.FrozenMiniLMTokens()
     states, mask = tokens(["is red", "has long sleeves"])
     assert states.shape[2] == 384 and mask.sum(1).tolist() == [4, 5]  # [CLS] words [SEP]
-    again, _ = tokens(["has long sleeves"])
-    assert torch.equal(again[0, :5], states[1, :5]) and len(tokens._cache) == 2
+    both, mask2 = tokens(["has long sleeves and is red"])
+    assert mask2.sum().item() == 9 and len(tokens._cache) == 2  # both phrases came from the cache
+    assert torch.equal(both[0, :5], states[1, :5]) and torch.equal(both[0, 5:9], states[0, :4])
+    whole = C.FrozenMiniLMTokens(phrases=False)
+    assert whole(["has long sleeves and is red"])[1].sum().item() == 8  # one [CLS] ... [SEP]
     assert not any(p.requires_grad for p in tokens.model.parameters())
 
 

@@ -24,7 +24,7 @@ softmax. BatchNorm layers stay in eval mode with frozen affine parameters (the p
 Dual encoders:
 - `small_clip(...)`: a small ResNet image tower exposing its layer-4 grid (pooled by the mean, then a
   Linear into the joint space) and a text tower of frozen MiniLM token states (the offline
-  sentence-transformers model, cached per caption since it never changes) or trainable word embeddings,
+  sentence-transformers model, cached per phrase since it never changes) or trainable word embeddings,
   then one trainable Transformer block; pooled = masked mean (this tower's "end token"). Pretrained in the
   notebook with `DualEncoder.contrastive_loss` (CLIP's symmetric InfoNCE).
 - `load_clip(path)`: a real CLIP from a local folder via transformers (`CLIPModel`, `CLIPTokenizer`): image
@@ -38,6 +38,7 @@ backbone's features can be computed once and reused by every run (what the defau
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,14 +151,28 @@ class SmallImageTower(nn.Module):
 
 # -------------------------------------------------------------------------------------------- text towers
 
-class FrozenMiniLMTokens(nn.Module):
-    """Token states of a local sentence-transformers (BERT-family) model, frozen and cached per caption.
+PHRASE_BREAKS = re.compile(r"\s+(?:and also|and|inadditiontothat)\s+|\s*,\s*")  # where a caption splits
 
-    Why cached: the model never changes, and a synthetic world has a few thousand distinct captions, so each
-    is encoded once instead of at every step (the dominant cost otherwise on CPU).
+
+def caption_phrases(text: str) -> list[str]:
+    """The phrases of a caption: split at " and ", " and also ", ", " and Fashion IQ's "inadditiontothat"
+    (lower case only: the label "Leopard And Cheetah" stays whole)."""
+    parts = [t.strip() for t in PHRASE_BREAKS.split(str(text)) if t.strip()]
+    return parts or [str(text)]
+
+
+class FrozenMiniLMTokens(nn.Module):
+    """Token states of a local sentence-transformers (BERT-family) model, frozen, computed per *phrase* and
+    cached.
+
+    Why per phrase: on two CPU cores the frozen model's forward passes dominate training, and most captions
+    are new combinations of a few hundred phrases ("is blue", "has stripes", "not red"). A caption's states
+    are the concatenation of its phrases' states (each with its own [CLS] / [SEP]); the trainable block on
+    top relates the phrases. Negations and comparisons stay inside one phrase ("not red", "shorter sleeves").
+    `phrases=False` encodes each caption whole.
     """
 
-    def __init__(self, model_path=None, max_length: int = 32):
+    def __init__(self, model_path=None, max_length: int = 32, phrases: bool = True):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -172,7 +187,7 @@ class FrozenMiniLMTokens(nn.Module):
         self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
         self.model.requires_grad_(False)
         self.model.eval()
-        self.max_length, self.width = max_length, self.model.config.hidden_size
+        self.max_length, self.width, self.phrases = max_length, self.model.config.hidden_size, phrases
         self._cache: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True):
@@ -184,18 +199,24 @@ class FrozenMiniLMTokens(nn.Module):
         for start in range(0, len(texts), 256):
             chunk = texts[start:start + 256]
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt")
+                                   return_tensors="pt").to(next(self.model.parameters()).device)
             with torch.no_grad():
                 hidden = self.model(**batch).last_hidden_state
             for text, h, m in zip(chunk, hidden, batch["attention_mask"].bool()):
-                self._cache[text] = h[m].clone()
+                self._cache[text] = h[m].cpu().clone()
+
+    def states(self, text: str) -> torch.Tensor:
+        """[L, width] frozen states of one caption (its phrases' states concatenated)."""
+        parts = caption_phrases(text) if self.phrases else [str(text)]
+        return torch.cat([self._cache[p] for p in parts]) if len(parts) > 1 else self._cache[parts[0]]
 
     def forward(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [str(t) for t in texts]
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        units = [u for t in texts for u in (caption_phrases(t) if self.phrases else [t])]
+        new = [u for u in dict.fromkeys(units) if u not in self._cache]
         if new:
             self._encode_new(new)
-        states = [self._cache[t] for t in texts]
+        states = [self.states(t) for t in texts]
         length = max(len(s) for s in states)
         out = torch.zeros(len(states), length, self.width)
         mask = torch.zeros(len(states), length, dtype=torch.bool)
@@ -285,10 +306,14 @@ class DualEncoder(nn.Module):
 
 
 def small_clip(embed_dim: int = 128, widths=(16, 32, 64, 128), text: str = "minilm", vocab: Vocabulary | None = None,
-               text_width: int = 128, text_heads: int = 4, text_model_path=None, dropout: float = 0.1) -> DualEncoder:
+               text_width: int = 128, text_heads: int = 4, text_model_path=None, dropout: float = 0.1,
+               tokens: nn.Module | None = None) -> DualEncoder:
     """The embedded default's dual encoder. `text`: "minilm" (frozen offline MiniLM token states) or "words"
-    (trainable embeddings over `vocab`, width `text_width`)."""
-    if text == "minilm":
+    (trainable embeddings over `vocab`, width `text_width`). `tokens`: an existing frozen token source to
+    share (several models built over one FrozenMiniLMTokens load it, and fill its caption cache, once)."""
+    if tokens is not None:
+        pass
+    elif text == "minilm":
         tokens = FrozenMiniLMTokens(text_model_path)
     elif text == "words":
         if vocab is None:

@@ -86,10 +86,19 @@ def test_multihead_equals_separate_attribute_networks_in_one_pass():
     assert {a: o.shape[1] for a, o in out.items()} == {"age": 9, "gender": 2, "ethnicity": 7, "emotion": 5}
 
 
-def test_probe_has_nearly_equal_capacity_at_every_depth():
-    trunk = FaceTrunk(FaceNetConfig())
-    counts = [sum(p.numel() for p in ProbeBranch(trunk.channels_at(d), 5).parameters()) for d in range(5)]
-    assert max(counts) / min(counts) < 1.15
+def test_probe_has_nearly_equal_capacity_and_compute_at_every_depth():
+    from visualsearch.flops import count_flops
+    from visualsearch.models.face import probe_patch
+    trunk = FaceTrunk(FaceNetConfig(input_size=48)).eval()
+    assert [probe_patch(trunk, d, 48) for d in range(5)] == [4, 4, 2, 1, 1]
+    counts, macs = [], []
+    x = torch.zeros(1, 3, 48, 48)
+    for d in range(5):
+        probe = ProbeBranch(trunk.channels_at(d), 5, patch=probe_patch(trunk, d, 48))
+        counts.append(sum(p.numel() for p in probe.parameters()))
+        macs.append(count_flops(probe, trunk(x, 0, d))["macs"])
+    assert max(counts) / min(counts) < 1.2
+    assert max(macs[:4]) / min(macs[:4]) < 1.2 and macs[4] < macs[0]  # depth 4 is already below the grid
     probe = ProbeBranch(8, 5)
     assert probe(torch.randn(2, 8, 12, 12)).shape == (2, 5) and probe(torch.randn(2, 8, 3, 3)).shape == (2, 5)
 

@@ -172,18 +172,18 @@ def sample_identity(rng: np.random.Generator, name: str, groups: list[dict]) -> 
     base_age = float(rng.uniform(AGE_BIN_EDGES[b], AGE_BIN_EDGES[b + 1]))
     skin = _clip01(grp["skin"] * rng.normal(1.0, 0.08) + rng.normal(0, 0.02, 3))
     hair = _clip01(grp["hair"] * rng.uniform(0.6, 1.5) + rng.normal(0, 0.03, 3))
-    if male:
-        style_p = np.array([0.38, 0.12, 0.2, 0.04, 0.1, 0.01, 0.15])
+    if male:  # HAIR_STYLES order: short, fringe, side_part, long, curly, bun, bald
+        style_p = np.array([0.42, 0.1, 0.2, 0.02, 0.1, 0.0, 0.16])
     else:
-        style_p = np.array([0.08, 0.18, 0.12, 0.38, 0.1, 0.12, 0.02])
+        style_p = np.array([0.04, 0.16, 0.08, 0.48, 0.08, 0.16, 0.0])
     style_p[HAIR_STYLES.index("curly")] += grp["curly"] * 0.5
     style_p /= style_p.sum()
     style = HAIR_STYLES[int(rng.choice(len(HAIR_STYLES), p=style_p))]
     lip_base = np.array(skin) * np.array([0.95, 0.62, 0.62])
-    if not male:
-        lip_base = lip_base * 0.85 + np.array([0.12, 0.0, 0.02]) * rng.uniform(0.3, 1.0)
+    if not male:  # lip colour (make-up) of varying strength
+        lip_base = lip_base * 0.7 + np.array([0.3, 0.02, 0.08]) * rng.uniform(0.4, 1.0)
     beard = "none"
-    if male and rng.random() < 0.4:
+    if male and rng.random() < 0.55:
         beard = ("stubble", "moustache", "full")[int(rng.integers(3))]
     return Identity(
         name=name, gender=GENDERS[g], race=RACES[r], base_age=base_age, skin=skin, hair_color=hair,

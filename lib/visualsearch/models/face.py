@@ -9,9 +9,10 @@ attribute; `MultiHeadFaceNet` runs it as one network whose single forward pass r
 computing each shared stage once.
 
 The capacity control (`ProbeBranch`) answers the objection that branching earlier also trains more layers:
-at every depth it trains the same small module (a 1x1 projection to a fixed width, one residual block, a
-pooled 3x3 grid and a linear head), so trainable parameters are nearly equal across depths (only the 1x1
-projection grows with the input channels) and any decline with depth is the frozen features' doing.
+at every depth it trains the same small module (a patchifying projection to a fixed width and grid, one
+residual block, a pooled 3x3 grid and a linear head), so trainable parameters are nearly equal across depths
+(only the projection changes with the input channels and patch size, by ~15% of the total) and any decline
+with depth is the frozen features' doing.
 """
 from __future__ import annotations
 
@@ -146,18 +147,34 @@ def make_branch(trunk: FaceTrunk, depth: int, n_classes: int, init: str = "copy"
 
 
 class ProbeBranch(nn.Module):
-    """Capacity control: the same small trainable module at every depth (see module docstring)."""
+    """Capacity control: the same small trainable module at every depth (see module docstring).
 
-    def __init__(self, cin: int, n_classes: int, width: int = 64, grid: int = 3, depth: int = 0):
+    A patchifying projection (kernel = stride = `patch`, chosen so every depth lands on about the same grid)
+    maps the frozen features to `width` channels without discarding detail, then one residual block, a
+    pooled `grid` x `grid` layout and a linear head. Compute is then about equal at every depth too.
+    """
+
+    def __init__(self, cin: int, n_classes: int, width: int = 64, grid: int = 3, depth: int = 0, patch: int = 1):
         super().__init__()
         self.depth = depth
-        self.proj = nn.Sequential(nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.Conv2d(cin, width, patch, patch, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
         self.block = BasicBlock(width, width)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.fc = nn.Linear(width * grid * grid, n_classes)
 
     def forward(self, h):
         return self.fc(self.pool(self.block(self.proj(h))).flatten(1))
+
+
+def probe_patch(trunk: FaceTrunk, depth: int, input_size: int) -> int:
+    """Patch size that brings the features at `depth` to about twice the last stage's resolution."""
+    size, last = input_size, input_size
+    with torch.no_grad():
+        x = torch.zeros(1, 3, input_size, input_size)
+        size = trunk(x, 0, depth).shape[-1]
+        last = trunk(x).shape[-1]
+    return max(1, size // (2 * last))
 
 
 class FrozenPrefixNet(nn.Module):

@@ -36,3 +36,21 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a torch file")
     assert cache.get_or_compute("run", {"k": 1}, lambda: 42) == 42
+
+
+def test_code_version_follows_the_loaded_library_modules():
+    import importlib
+    import sys
+
+    from visualsearch.cache import code_version
+
+    before = code_version()
+    assert code_version() == before
+    name = next(m for m in ("visualsearch.flops", "visualsearch.atomic") if m in sys.modules)
+    mod = sys.modules.pop(name)
+    try:
+        assert code_version() != before  # one module fewer loaded: another version
+    finally:
+        sys.modules[name] = mod
+    importlib.import_module(name)
+    assert code_version() == before

@@ -2,7 +2,7 @@
 
 Why: re-running a notebook to restyle a figure must not retrain for ten minutes. The key is
 (name, the caller's key dict: model/training config, data fingerprint, seed) plus the library's code
-version, a hash of every source file under lib/visualsearch, so that a change to a loss or a model
+version, a hash of the library modules loaded by the run, so that a change to a loss or a model
 invalidates what it produced while a change to a notebook's markdown does not.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -20,15 +21,28 @@ from . import atomic
 from .data.worlds import cache_root
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the library's Python sources (not of notebooks, configs or outputs)."""
+@lru_cache(maxsize=64)
+def _hash_files(files: tuple) -> str:
     h = hashlib.sha256()
     lib = Path(__file__).resolve().parent
-    for p in sorted(lib.rglob("*.py")):
+    for f in files:
+        p = Path(f)
         h.update(str(p.relative_to(lib)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
+
+
+def code_version() -> str:
+    """Hash of the sources of the library modules loaded in this process.
+
+    A notebook imports only what it uses, so a change to the MAAF model does not invalidate the triplet
+    notebook's cached training, while a change to anything the triplet notebook ran (its loss, the training
+    loop, the evaluator) does."""
+    lib = Path(__file__).resolve().parent
+    files = sorted({str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
+                    if (name == "visualsearch" or name.startswith("visualsearch.")) and getattr(m, "__file__", None)
+                    and Path(m.__file__).resolve().is_relative_to(lib)})
+    return _hash_files(tuple(files))
 
 
 class ResultCache:

@@ -119,3 +119,15 @@ def test_offline_minilm_loads():
     enc = build_text_encoder("minilm", None, 8, model_path=minilm_path())
     tokens, mask = enc(["a red dress with long sleeves"])
     assert tokens.shape[-1] == 8 and mask.all()
+
+
+def test_pretrained_encoder_computes_each_text_once(tmp_path):
+    enc = MiniLMTextEncoder(_tiny_bert(tmp_path), dim=8)
+    calls = []
+    original = enc.transformer.forward
+    enc.transformer.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    first, _ = enc(["make the circle red", "add blue"])
+    again, mask = enc(["add blue", "make the circle red"])
+    assert len(calls) == 1
+    assert torch.allclose(first[0], again[1]) and torch.allclose(first[1, :4], again[0, :4])
+    assert mask[0].sum() == 4

@@ -175,10 +175,12 @@ class MiniLMTextEncoder(nn.Module):
 
     `model_path` is a folder with `config.json`, the weights and the tokenizer files (the Hugging Face layout
     sentence-transformers saves); nothing is downloaded. The transformer stays in eval mode and gets no
-    gradient, as the paper's frozen-BERT variant; only `project` learns.
+    gradient, as the paper's frozen-BERT variant; only `project` learns. Because it is frozen, its outputs
+    for a text never change: they are kept per distinct text (up to `memo_size` texts), so a caption seen
+    again in training costs nothing.
     """
 
-    def __init__(self, model_path, dim: int = 512, max_length: int = 64):
+    def __init__(self, model_path, dim: int = 512, max_length: int = 64, memo_size: int = 100_000):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -190,8 +192,9 @@ class MiniLMTextEncoder(nn.Module):
         self.transformer = AutoModel.from_pretrained(str(model_path), local_files_only=True)
         self.transformer.requires_grad_(False)
         self.transformer.eval()
-        self.max_length, self.dim = max_length, dim
+        self.max_length, self.dim, self.memo_size = max_length, dim, memo_size
         self.project = nn.Linear(self.transformer.config.hidden_size, dim)
+        self._memo: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -202,13 +205,29 @@ class MiniLMTextEncoder(nn.Module):
         ids = self.tokenizer(str(text), truncation=True, max_length=self.max_length)["input_ids"]
         return self.tokenizer.convert_ids_to_tokens(ids)
 
-    def forward(self, texts):
+    def token_states(self, texts) -> list[torch.Tensor]:
+        """The frozen model's last hidden states of each text ([tokens, hidden]), computed once per text."""
         device = self.project.weight.device
-        batch = self.tokenizer([str(t) for t in texts], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(device)
-        with torch.no_grad():
-            hidden = self.transformer(**batch).last_hidden_state
-        mask = batch["attention_mask"].bool()
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if todo:
+            batch = self.tokenizer(todo, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt").to(device)
+            with torch.no_grad():
+                hidden = self.transformer(**batch).last_hidden_state
+            if len(self._memo) + len(todo) > self.memo_size:
+                self._memo.clear()
+            for t, h, m in zip(todo, hidden, batch["attention_mask"].bool()):
+                self._memo[t] = h[m].detach()
+        return [self._memo[t].to(device) for t in texts]
+
+    def forward(self, texts):
+        states = self.token_states([str(t) for t in texts])
+        length = max(s.shape[0] for s in states)
+        hidden = states[0].new_zeros(len(states), length, states[0].shape[1])
+        mask = torch.zeros(len(states), length, dtype=torch.bool, device=hidden.device)
+        for i, s in enumerate(states):
+            hidden[i, :s.shape[0]] = s
+            mask[i, :s.shape[0]] = True
         return self.project(hidden), mask
 
     def pool(self, tokens, mask):

@@ -1,0 +1,96 @@
+"""Training step time of MAAF and TIRG, at the default preset's shapes and at the paper's.
+
+One step = query composition (reference image + caption) and catalog embedding of the targets, in-batch
+softmax loss, backward, SGD step (backbone at 0.1x lr): what the training loop does. Both models get the same
+warm-up steps before timing, the same batch, captions of about 12 words, and the same threads.
+
+Shapes:
+- paper: ResNet-50 at 224 px (14x14 + 7x7 image tokens), d 512, 2 blocks, FF 128, trained backbone, batch 32.
+- paper64: the same at 64 px (the reference run also timed this size).
+- default: the default preset: ResNet-18 at 64 px, frozen backbone fed precomputed maps, d 128, batch 32.
+Reference on a 2-core machine of this kind (the authors' released model code, once warm): 15.6 s per MAAF
+step and 11.4 s per TIRG step at 224 px; 1.7 s and 1.2 s at 64 px.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from visualsearch.losses import BatchSoftmaxLoss
+from visualsearch.models.maaf import MAAFConfig, build_model, stage_maps
+from visualsearch.models.text import Vocabulary
+
+SHAPES = {
+    "paper": dict(cfg=MAAFConfig(backbone="resnet50", image_size=224), size=224, frozen_maps=False),
+    "paper64": dict(cfg=MAAFConfig(backbone="resnet50", image_size=64), size=64, frozen_maps=False),
+    "default": dict(cfg=MAAFConfig(dim=128, backbone="resnet18", backbone_frozen=True, image_size=64), size=64,
+                    frozen_maps=True),
+}
+REFERENCE_S = {("paper", "maaf"): 15.6, ("paper", "tirg"): 11.4, ("paper64", "maaf"): 1.7, ("paper64", "tirg"): 1.2}
+WORDS = ("is darker and has long sleeves with a round neck inadditiontothat is red with stripes and shorter "
+         "make the top left object blue remove small green circle").split()
+
+
+def captions(batch: int, words: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (words,), generator=g)) for _ in range(batch)]
+
+
+def time_steps(fusion: str, shape: str, batch: int, words: int, warmup: int, steps: int, device: str) -> list[float]:
+    spec = SHAPES[shape]
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(spec["cfg"], fusion=fusion)
+    model = build_model(cfg, Vocabulary.build(WORDS)).to(device).train()
+    groups = model.param_groups(0.1)
+    opt = torch.optim.SGD([{"params": g["params"], "lr": 0.01 * g["lr_scale"]} for g in groups], lr=0.01,
+                          momentum=0.9, weight_decay=1e-6)
+    images = torch.randn(2 * batch, 3, spec["size"], spec["size"], device=device)
+    if spec["frozen_maps"]:
+        with torch.no_grad():
+            images = stage_maps(model.trunk, images)
+    source = {k: v[:batch] for k, v in images.items()} if isinstance(images, dict) else images[:batch]
+    target = {k: v[batch:] for k, v in images.items()} if isinstance(images, dict) else images[batch:]
+    texts = captions(batch, words)
+    loss_fn = BatchSoftmaxLoss()
+    times = []
+    for i in range(warmup + steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = loss_fn(model(source, texts, target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m visualsearch.bench maaf")
+    ap.add_argument("--shapes", default="default,paper64,paper", help=f"comma-separated among {', '.join(SHAPES)}")
+    ap.add_argument("--models", default="maaf,tirg", help="fusions to time (maaf, tirg, any baseline)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--words", type=int, default=12, help="words per caption")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"MAAF / TIRG training step, batch {args.batch}, {args.words}-word captions, {args.warmup} warm-up + "
+          f"{args.steps} timed steps, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"{'shape':8s} {'model':16s} {'mean s/step':>11s} {'min':>7s} {'max':>7s} {'reference':>10s}")
+    for shape in args.shapes.split(","):
+        for fusion in args.models.split(","):
+            t = time_steps(fusion, shape, args.batch, args.words, args.warmup, args.steps, args.device)
+            ref = REFERENCE_S.get((shape, fusion))
+            print(f"{shape:8s} {fusion:16s} {statistics.mean(t):11.3f} {min(t):7.3f} {max(t):7.3f} "
+                  f"{(f'{ref:.1f}' if ref else '-'):>10s}", flush=True)

@@ -1,0 +1,635 @@
+"""Training and evaluation of composed-retrieval models on text-feedback datasets (the MAAF notebook's engine).
+
+Why here and not in the notebook: batching, evaluation protocol and caching are the same for MAAF and every
+baseline on every dataset, and they are worth testing.
+
+- `ImageTable`: every image of a split as uint8 [N, 3, S, S] (resized, centre-cropped), loaded once.
+- `FrozenMaps`: when the backbone is frozen, its stage maps of every image are computed once (and cached by
+  the caller); models then take maps instead of pixels, so a run trains only what it can change. This is
+  how the default preset fits many runs in minutes; the paper preset trains the backbone at 0.1x lr on
+  augmented pixels, as the authors do.
+- `batch_fn`: (reference, text, target) triplets drawn with a per-step seed; Fashion IQ batches come from
+  one category at a time (the authors' loader); FIQ captions joined in random order.
+- `step_fn`: logits = s^2 cos(query_i, target_j); in-batch softmax (or soft triplet) loss.
+- `evaluate`: queries composed, gallery embedded through the catalog path, the reference dropped from its
+  own ranking, Recall@K against the hit labels of the split (percent).
+- `run_experiment`: build, train (visualsearch.train), evaluate, cached by ResultCache under the model and
+  training configuration, the data fingerprint and the vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data.errors import SkipLog
+from .data.images import load_image
+from .data.text_feedback import FeedbackSplit
+from .evaluate import recall_at_k, retrieve
+from .losses import BatchSoftmaxLoss, SoftTripletLoss
+from .models.maaf import MAAFConfig, ResNetTrunk, build_model
+from .models.text import Vocabulary
+from .seeding import step_seed
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+def _square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size`, centre crop (the authors' Resize + CenterCrop)."""
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+@dataclass
+class ImageTable:
+    """All images of a split as one uint8 tensor [N, 3, size, size] (an unreadable image becomes grey,
+    counted in `skips`; readers already dropped the ones missing at read time)."""
+
+    pixels: torch.Tensor
+
+    @classmethod
+    def load(cls, paths, size: int, skips: SkipLog | None = None) -> "ImageTable":
+        out = torch.full((len(paths), 3, size, size), 128, dtype=torch.uint8)
+        for i, p in enumerate(paths):
+            img = load_image(p, skips if skips is not None else SkipLog())
+            if img is not None:
+                out[i] = torch.from_numpy(np.asarray(_square(img, size)).copy()).permute(2, 0, 1)
+        return cls(out)
+
+    def __len__(self):
+        return self.pixels.shape[0]
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> ImageNet-normalised float."""
+    return (pixels.float() / 255 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The authors' training augmentation on uint8 images: RandomResizedCrop (scale 0.8-1, ratio 0.75-1.3)
+    back to the same size, horizontal flip, additive N(0, 0.01) noise; returns normalised floats."""
+    b, _, h, w = pixels.shape
+    x = pixels.float() / 255
+    out = torch.empty_like(x)
+    u = torch.rand(b, 5, generator=generator)
+    for i in range(b):
+        area = h * w * (0.8 + 0.2 * float(u[i, 0]))
+        ratio = float(np.exp(np.log(0.75) + (np.log(1.3) - np.log(0.75)) * float(u[i, 1])))
+        cw = min(w, max(1, round((area * ratio) ** 0.5)))
+        ch = min(h, max(1, round((area / ratio) ** 0.5)))
+        x0, y0 = int(float(u[i, 2]) * (w - cw + 1)), int(float(u[i, 3]) * (h - ch + 1))
+        crop = F.interpolate(x[i:i + 1, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear", align_corners=False)
+        out[i] = crop[0].flip(-1) if u[i, 4] < 0.5 else crop[0]
+    out = out + 0.01 * torch.randn(out.shape, generator=generator)
+    return (out - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@dataclass
+class FrozenMaps:
+    """Stage maps of a frozen backbone for every image of a table (float16 to halve memory)."""
+
+    maps: dict
+
+    @classmethod
+    def compute(cls, trunk: ResNetTrunk, table: ImageTable, stages, batch_size: int = 64,
+                device: str = "cpu") -> "FrozenMaps":
+        trunk = trunk.to(device).eval()
+        parts = {s: [] for s in stages}
+        with torch.no_grad():
+            for i in range(0, len(table), batch_size):
+                out = trunk(normalize_pixels(table.pixels[i:i + batch_size]).to(device))
+                for s in stages:
+                    parts[s].append(out[s].half().cpu())
+        return cls({s: torch.cat(v) for s, v in parts.items()})
+
+    def take(self, index: torch.Tensor) -> dict:
+        return {s: m[index].float() for s, m in self.maps.items()}
+
+
+def backbone_key(cfg: MAAFConfig, seed: int) -> str:
+    """Names the frozen backbone a configuration uses: its weights file, or its random init (seeded)."""
+    return f"{cfg.backbone}:{cfg.backbone_weights}" if cfg.backbone_weights else f"{cfg.backbone}:random:{seed}"
+
+
+@dataclass
+class SplitInputs:
+    """One split and how its images reach a model: pixels, or the maps of a frozen backbone (by key)."""
+
+    split: FeedbackSplit
+    table: ImageTable
+    maps: dict = field(default_factory=dict)  # backbone_key -> FrozenMaps
+
+    def images(self, index: torch.Tensor, generator: torch.Generator | None = None, maps_key: str | None = None):
+        if maps_key is not None:
+            return self.maps[maps_key].take(index)
+        pixels = self.table.pixels[index]
+        return augment(pixels, generator) if generator is not None else normalize_pixels(pixels)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def make_batch_fn(groups: list[SplitInputs], batch_size: int, seed: int, augment_images: bool = False,
+                  maps_key: str | None = None):
+    """batch_fn(step) -> {"source", "texts", "target"}: a pure function of the step. Each batch comes from
+    one group (a Fashion IQ category), drawn uniformly as the authors do; queries drawn without replacement
+    when the group has enough."""
+    groups = [g for g in groups if g.split.queries]
+    if not groups:
+        raise ValueError("no training queries: every training split is empty")
+
+    def batch_fn(step: int) -> dict:
+        rng = np.random.default_rng(step_seed(seed, step))
+        g = groups[int(rng.integers(len(groups)))]
+        n = len(g.split.queries)
+        picks = rng.choice(n, size=batch_size, replace=n < batch_size)
+        queries = [g.split.queries[int(i)] for i in picks]
+        gen = torch.Generator().manual_seed(step_seed(seed, step, stream=2)) if augment_images else None
+        return {"source": g.images(torch.tensor([q.source for q in queries]), gen, maps_key),
+                "texts": [g.split.query_text(q, rng) for q in queries],
+                "target": g.images(torch.tensor([q.target for q in queries]), gen, maps_key)}
+
+    return batch_fn
+
+
+def make_step_fn(loss: str = "softmax"):
+    """step_fn(model, batch) -> (loss, {"batch_acc"}); `loss` is softmax (in-batch classification) or
+    soft_triplet."""
+    criterion = {"softmax": BatchSoftmaxLoss(), "soft_triplet": SoftTripletLoss()}[loss]
+
+    def step_fn(model, batch):
+        logits = model(batch["source"], batch["texts"], batch["target"])
+        acc = (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean()
+        return criterion(logits), {"batch_acc": float(acc)}
+
+    return step_fn
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Retrieval:
+    """What an evaluation computed: recall (percent) and the top-k gallery indices per query."""
+
+    recall: dict
+    topk: torch.Tensor
+
+
+def evaluate(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128, device: str = "cpu",
+             maps_key: str | None = None) -> Retrieval:
+    """Recall@K of `model` on a split: the split's protocol (hit labels, reference excluded)."""
+    split = group.split
+    model = model.to(device).eval()
+    queries = [q for q in split.queries if q.target_label != ""]
+    if not queries:
+        raise ValueError(f"{split.dataset} {split.split}: no queries with targets to evaluate")
+
+    def to(x):
+        return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+    with torch.no_grad():
+        gallery = torch.cat([model.embed_catalog(to(group.images(torch.arange(i, min(i + batch_size, len(split.images))),
+                                                                  maps_key=maps_key)))
+                             .float().cpu() for i in range(0, len(split.images), batch_size)])
+        composed = []
+        for i in range(0, len(queries), batch_size):
+            chunk = queries[i:i + batch_size]
+            src = to(group.images(torch.tensor([q.source for q in chunk]), maps_key=maps_key))
+            composed.append(model.compose(src, [split.query_text(q) for q in chunk]).float().cpu())
+    composed = F.normalize(torch.cat(composed), dim=-1)
+    gallery = F.normalize(gallery, dim=-1)
+    top = retrieve(composed, gallery, k=max(ks), exclude=torch.tensor([q.source for q in queries]))
+    index = {}
+    gallery_labels = torch.tensor([index.setdefault(l, len(index)) for l in split.labels])
+    query_labels = torch.tensor([index.setdefault(q.target_label, len(index)) for q in queries])
+    recall = recall_at_k(top.indices, query_labels, gallery_labels, ks)
+    return Retrieval({f"R@{k}": 100 * v for k, v in recall.items()}, top.indices)
+
+
+# ------------------------------------------------------------------------------------------- experiments
+
+@dataclass
+class TrainSpec:
+    """How one model is trained (the fields that change results; device and progress are runtime)."""
+
+    steps: int = 1000                # optimizer steps
+    batch_size: int = 32             # queries per batch (the paper: 32)
+    lr: float = 0.01                 # SGD learning rate (the paper: 0.01)
+    image_lr_scale: float = 0.1      # backbone learning rate factor (the paper: 0.1)
+    weight_decay: float = 1e-6       # the paper's
+    lr_milestones: tuple = ()        # steps where lr is multiplied by 0.1 (the paper: every 50k of 150k)
+    loss: str = "softmax"            # softmax | soft_triplet
+    augment: bool = False            # the authors' crop/flip/noise augmentation (pixels only)
+    seed: int = 0                    # model init, batches and dropout
+
+    def __post_init__(self):
+        self.lr_milestones = tuple(self.lr_milestones)
+
+
+@dataclass
+class RunResult:
+    """A trained model's evaluation on each evaluation split, its training log, and (kept runs) weights."""
+
+    recall: dict                      # eval name -> {"R@k": percent}
+    log: object                       # pandas DataFrame: step, loss, lr, batch_acc
+    state: dict | None = None         # state dict without frozen parts (see trainable_state)
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def trainable_state(model) -> dict:
+    """State dict without the parts that never train (a frozen backbone, a frozen pretrained text model):
+    they are rebuilt identically from their source, so caching them would only waste space."""
+    frozen = ["trunk."] if getattr(model.cfg, "backbone_frozen", False) else []
+    frozen.append("text.transformer.")
+    return {k: v for k, v in model.state_dict().items() if not any(k.startswith(f) for f in frozen)}
+
+
+def seeded_trunk(cfg: MAAFConfig, seed: int) -> ResNetTrunk:
+    """The frozen backbone that `build_seeded(cfg, ..., seed)` builds: every model builds its trunk first,
+    right after the seed, so a random init is the same here as inside the model."""
+    torch.manual_seed(seed)
+    return ResNetTrunk(cfg.backbone, cfg.backbone_weights, frozen=True)
+
+
+def build_seeded(cfg: MAAFConfig, vocab: Vocabulary, seed: int):
+    """The model of `cfg`, initialised from `seed` (so a random frozen backbone is the same every time)."""
+    torch.manual_seed(seed)
+    return build_model(cfg, vocab)
+
+
+def restore(cfg: MAAFConfig, vocab: Vocabulary, seed: int, state: dict):
+    model = build_seeded(cfg, vocab, seed)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_missing = set(model.state_dict()) - set(trainable_state(model))
+    if unexpected or set(missing) - expected_missing:
+        raise ValueError(f"state does not fit the model: unexpected {unexpected[:3]}, "
+                         f"missing {sorted(set(missing) - expected_missing)[:3]}")
+    return model.eval()
+
+
+def cache_name(run_name: str) -> str:
+    """A folder-safe cache name for a run ("ablation: no text" -> "maaf-ablation-no-text")."""
+    import re
+
+    return "maaf-" + re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-")
+
+
+def vocab_digest(vocab: Vocabulary) -> str:
+    return hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
+
+
+def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: list[SplitInputs],
+                   eval_groups: dict, vocab: Vocabulary, data_key: str, cache=None, keep_model: bool = False,
+                   device: str = "cpu", progress: bool = False, ks=(1, 5, 10, 50), eval_every: int = 0,
+                   curve_group: str | None = None) -> RunResult:
+    """Train `cfg` with `spec` on `train_groups`, evaluate on `eval_groups` ({name: SplitInputs}); cached
+    under (name, cfg, spec, data_key, vocabulary) when `cache` (a ResultCache) is given.
+
+    `eval_every` > 0 with `curve_group` records Recall@K on that evaluation split during training (the
+    training curves)."""
+    from .train import TrainConfig, train
+
+    maps_key = backbone_key(cfg, spec.seed) if cfg.backbone_frozen else None
+    if maps_key is not None and not all(maps_key in g.maps for g in [*train_groups, *eval_groups.values()]):
+        maps_key = None  # no precomputed maps: the frozen backbone runs on pixels
+
+    def compute() -> RunResult:
+        model = build_seeded(cfg, vocab, spec.seed)
+        tc = TrainConfig(steps=spec.steps, lr=spec.lr, optimizer="sgd", momentum=0.9, nesterov=False,
+                         weight_decay=spec.weight_decay, lr_milestones=spec.lr_milestones, lr_gamma=0.1,
+                         seed=spec.seed, progress=progress, device=device, log_every=max(1, spec.steps // 20))
+        eval_fn = None
+        if eval_every and curve_group:
+            def eval_fn(m, step):
+                return evaluate(m, eval_groups[curve_group], ks, device=device, maps_key=maps_key).recall
+        batch_fn = make_batch_fn(train_groups, spec.batch_size, spec.seed, spec.augment, maps_key)
+        result = train(model, make_step_fn(spec.loss), batch_fn, tc,
+                       param_groups=model.param_groups(spec.image_lr_scale), eval_fn=eval_fn, eval_every=eval_every)
+        model = result.model
+        recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).recall for k, g in eval_groups.items()}
+        state = {k: v.cpu() for k, v in trainable_state(model).items()} if keep_model else None
+        return RunResult(recall, result.log, state, result.wall_s)
+
+    if cache is None:
+        return compute()
+    key = {"cfg": asdict(cfg), "spec": asdict(spec), "data": data_key, "vocab": vocab_digest(vocab),
+           "eval": sorted(eval_groups), "ks": list(ks), "keep": keep_model, "curve": [eval_every, curve_group]}
+    return cache.get_or_compute(cache_name(name), key, compute)
+
+
+def with_changes(cfg: MAAFConfig, **changes) -> MAAFConfig:
+    return dataclasses.replace(cfg, **changes)
+
+
+# ------------------------------------------------------------------------------ backbone "pretraining"
+
+ATTRIBUTE_HEADS = ("category", "colour", "pattern", "sleeve", "length", "neckline")
+
+
+def attribute_photos(n: int, image_size: int, seed: int):
+    """`n` product photos (shop and street views) of every products category with their coarse attributes:
+    the data of the stand-in for ImageNet pretraining (a products world of its own seed, not the
+    retrieval worlds)."""
+    from .data.products import CATEGORIES, render_photo, sample_product, sample_view
+
+    rng = np.random.default_rng([seed, 7])
+    cats = list(CATEGORIES)
+    pixels = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    labels = {h: [] for h in ATTRIBUTE_HEADS}
+    for i in range(n):
+        p = sample_product(rng, cats[int(rng.integers(len(cats)))])
+        view = sample_view(rng, "shop" if rng.random() < 0.5 else "street")
+        pixels[i] = torch.from_numpy(np.asarray(render_photo(p, view, image_size)[0]).copy()).permute(2, 0, 1)
+        for h in ATTRIBUTE_HEADS:
+            labels[h].append(p.category if h == "category" else getattr(p, h))
+    classes = {h: sorted(set(v)) for h, v in labels.items()}
+    targets = {h: torch.tensor([classes[h].index(x) for x in v]) for h, v in labels.items()}
+    return pixels, targets, classes
+
+
+def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 300, n_photos: int = 4000,
+                   batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
+                   progress: bool = False) -> dict:
+    """Train a ResNet to classify product attributes from photos and return its torchvision-style state
+    dict (what `MAAFConfig.backbone_weights` loads): the embedded default's stand-in for ImageNet weights,
+    so that, as in the paper, the backbone arrives with useful features. Returns also the final training
+    accuracies under the key "__accuracy__" (popped before loading)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
+    trunk = ResNetTrunk(arch).to(device)
+    heads = torch.nn.ModuleDict({h: torch.nn.Linear(trunk.channels["4"], len(c)) for h, c in classes.items()}).to(device)
+    params = [*trunk.parameters(), *heads.parameters()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    acc = {}
+    for step in tqdm(range(steps), disable=not progress, desc="pretraining backbone", leave=False):
+        gen = torch.Generator().manual_seed(step_seed(seed, step))
+        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        x = augment(pixels[idx], gen).to(device)
+        feats = trunk(x)["4"].mean((2, 3))
+        loss = 0.0
+        for h, head in heads.items():
+            logits = head(feats)
+            y = targets[h][idx].to(device)
+            loss = loss + F.cross_entropy(logits, y)
+            acc[h] = 0.9 * acc.get(h, 0.0) + 0.1 * float((logits.argmax(1) == y).float().mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    state = {k: v.cpu() for k, v in trunk.state_dict().items()}
+    names = {"stem.0": "conv1", "stem.1": "bn1", "stem.4": "layer1"}
+    out = {}
+    for k, v in state.items():
+        for a, b in names.items():
+            if k.startswith(a + "."):
+                k = b + k[len(a):]
+        out[k] = v
+    out["__accuracy__"] = acc
+    return out
+
+
+# ------------------------------------------------------------------------------------- datasets to runs
+
+DATASETS = ("fashioniq", "css", "fashion200k", "birds_to_words", "spot_the_diff")
+REAL_FOLDERS = {"fashioniq": "fashioniq", "css": "css", "fashion200k": "fashion200k",
+                "birds_to_words": "birds-to-words", "spot_the_diff": "spot-the-diff"}
+
+
+@dataclass
+class PreparedDataset:
+    """One dataset ready for runs: training groups, evaluation splits, vocabulary, provenance."""
+
+    name: str                  # one of DATASETS
+    description: str           # what the tables say the data was
+    train: list                # SplitInputs (one per Fashion IQ category, else one)
+    eval: dict                 # name -> SplitInputs (Fashion IQ: per category)
+    vocab: Vocabulary
+    fingerprint: str           # of the data folder
+    skips: SkipLog
+
+    def attach_maps(self, key: str, trunk: ResNetTrunk, stages, device: str = "cpu") -> None:
+        """Compute a frozen backbone's maps of every split (once; what training and evaluation then use)."""
+        for g in [*self.train, *self.eval.values()]:
+            if key not in g.maps:
+                g.maps[key] = FrozenMaps.compute(trunk, g.table, stages, device=device)
+
+
+def read_dataset(name: str, root, skips: SkipLog) -> tuple[list, dict]:
+    """(training splits, {evaluation name: split}) of one dataset under `root`, with its protocol."""
+    from .data import text_feedback as tf
+
+    if name == "fashioniq":
+        return list(tf.read_fashion_iq(root, "train", skips=skips).values()), tf.read_fashion_iq(root, "val", skips=skips)
+    if name == "css":
+        return [tf.read_css(root, "train", skips)], {"test": tf.read_css(root, "test", skips)}
+    if name == "fashion200k":
+        return [tf.read_fashion200k(root, "train", skips)], {"test": tf.read_fashion200k(root, "test", skips)}
+    if name == "birds_to_words":
+        return [tf.read_birds_to_words(root, "train", skips)], {"test": tf.read_birds_to_words(root, "test", skips)}
+    if name == "spot_the_diff":
+        return [tf.read_spot_the_diff(root, "train", skips)], {"test": tf.read_spot_the_diff(root, "test", skips)}
+    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+
+
+def synthetic_root(name: str, worlds: dict, seed: int, image_size: int):
+    """The cached synthetic world of `name` drawn with the notebook's world sizes."""
+    from .data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
+    from .data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
+
+    if name in ("css", "spot_the_diff"):
+        cfg = ScenesWorldConfig(seed=seed, image_size=image_size, train_scenes=worlds["css_scenes"][0],
+                                test_scenes=worlds["css_scenes"][1], spot_pairs=tuple(worlds["spot_pairs"]))
+        return (css_world if name == "css" else spot_the_diff_world)(cfg)
+    cfg = FashionTextConfig(seed=seed, image_size=image_size, fiq_pairs=tuple(worlds["fiq_pairs"]),
+                            f200k_products=tuple(worlds["f200k_products"]), f200k_queries=worlds["f200k_queries"],
+                            b2w_pairs=tuple(worlds["b2w_pairs"]))
+    return {"fashioniq": fashion_iq_world, "fashion200k": fashion200k_world,
+            "birds_to_words": birds_to_words_world}[name](cfg)
+
+
+_DESCRIPTIONS = {"fashioniq": "Fashion IQ", "css": "CSS", "fashion200k": "Fashion200k",
+                 "birds_to_words": "Birds-to-Words", "spot_the_diff": "Spot-the-Diff"}
+
+
+def prepare_dataset(name: str, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
+                    ) -> PreparedDataset:
+    """Read one dataset (real under data_root/<folder>, else its synthetic world) and load its images."""
+    from .data.worlds import fingerprint_dir
+
+    skips = SkipLog()
+    if data_root:
+        root = Path(data_root) / REAL_FOLDERS[name]
+        description = f"{_DESCRIPTIONS[name]} (real, {root})"
+    else:
+        root = synthetic_root(name, worlds, seed, image_size)
+        world = "scenes" if name in ("css", "spot_the_diff") else "products"
+        description = f"synthetic {world} world in {_DESCRIPTIONS[name]} format"
+    train, evals = read_dataset(name, root, skips)
+    texts = [t for s in train for t in s.texts()]
+    return PreparedDataset(
+        name, description,
+        [SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for s in train],
+        {k: SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for k, s in evals.items()},
+        Vocabulary.build(texts), fingerprint_dir(root), skips)
+
+
+# ------------------------------------------------------------------------------------- many runs at once
+
+@dataclass
+class Run:
+    """One training run of the notebook: a named model configuration on a prepared dataset."""
+
+    name: str                  # row label, e.g. "MAAF", "TIRG", "no text in pooling"
+    dataset: str               # PreparedDataset.name
+    cfg: MAAFConfig
+    spec: TrainSpec
+    keep_model: bool = False   # keep the weights (attention maps, retrieval examples)
+    eval_every: int = 0        # record a validation curve every N steps
+    curve_group: str | None = None
+
+
+_POOL_DATA: dict = {}
+
+
+def _run_one(run: Run, ks, device, cache_root) -> RunResult:
+    from .cache import ResultCache
+
+    d = _POOL_DATA[run.dataset]
+    torch.set_num_threads(_POOL_DATA["__threads__"])
+    return run_experiment(run.name, run.cfg, run.spec, d.train, d.eval, d.vocab, d.fingerprint,
+                          ResultCache(cache_root), run.keep_model, device, False, ks, run.eval_every, run.curve_group)
+
+
+def run_key_path(cache, run: Run, data: PreparedDataset, ks) -> Path:
+    key = {"cfg": asdict(run.cfg), "spec": asdict(run.spec), "data": data.fingerprint,
+           "vocab": vocab_digest(data.vocab), "eval": sorted(data.eval), "ks": list(ks), "keep": run.keep_model,
+           "curve": [run.eval_every, run.curve_group]}
+    return cache.path(cache_name(run.name), key)
+
+
+def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: int = 1, threads: int = 1,
+            device: str = "cpu", progress: bool = True) -> dict:
+    """Results of every run ({(dataset, name): RunResult}), from the cache where present; the others are
+    trained, `workers` at a time in separate processes (each with `threads` torch threads). Frozen-backbone
+    maps are computed once, only for datasets that have something left to train."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+    from tqdm.auto import tqdm
+
+    todo = [r for r in runs if not run_key_path(cache, r, datasets[r.dataset], ks).is_file()]
+    needed: dict = {}  # (dataset, backbone key) -> (a run using it, stages it needs)
+    for r in todo:
+        if r.cfg.backbone_frozen:
+            run, stages = needed.get((r.dataset, backbone_key(r.cfg, r.spec.seed)), (r, {"4"}))
+            needed[(r.dataset, backbone_key(r.cfg, r.spec.seed))] = (run, stages | set(r.cfg.token_layers))
+    for (name, key), (r, stages) in needed.items():  # each frozen backbone's maps, computed once
+        datasets[name].attach_maps(key, seeded_trunk(r.cfg, r.spec.seed), sorted(stages), device)
+    _POOL_DATA.clear()
+    _POOL_DATA.update(datasets)
+    _POOL_DATA["__threads__"] = threads
+    results = {}
+    if todo and workers > 1 and device == "cpu":
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            futures = {(r.dataset, r.name): pool.submit(_run_one, r, ks, device, cache.root) for r in todo}
+            for key, fut in tqdm(futures.items(), desc="training runs", disable=not progress):
+                results[key] = fut.result()
+    else:
+        for r in tqdm(todo, desc="training runs", disable=not progress or not todo):
+            results[(r.dataset, r.name)] = _run_one(r, ks, device, cache.root)
+    for r in runs:  # everything, in order, from the cache (the runs just trained were stored there)
+        d = datasets[r.dataset]
+        results[(r.dataset, r.name)] = run_experiment(r.name, r.cfg, r.spec, d.train, d.eval, d.vocab,
+                                                      d.fingerprint, cache, r.keep_model, device, False, ks,
+                                                      r.eval_every, r.curve_group)
+    return results
+
+
+# --------------------------------------------------------------------------------- the notebook's plan
+
+MAAF_FIELDS = {f.name for f in dataclasses.fields(MAAFConfig)}
+
+
+def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
+    """The backbone weights of the notebook's parameters: "none" (random init), "synthetic" (pretrained
+    here on product attributes, cached, written once as a state-dict file), or a local file path."""
+    from .data.worlds import cache_root
+
+    if p.backbone_weights == "none":
+        return None
+    if p.backbone_weights != "synthetic":
+        if not Path(p.backbone_weights).is_file():
+            raise FileNotFoundError(f"backbone_weights {p.backbone_weights!r}: no such file (give a local "
+                                    "torchvision state dict, 'synthetic' or 'none'; nothing is downloaded)")
+        return str(p.backbone_weights)
+    pre = dict(p.pretrain)
+    key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre}
+    state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
+        p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
+        progress))
+    path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
+    if not path.is_file():
+        from . import atomic
+
+        atomic.torch_save({k: v for k, v in state.items() if k != "__accuracy__"}, path)
+    return str(path)
+
+
+def base_config(p, weights: str | None, dataset: str | None = None) -> MAAFConfig:
+    """MAAFConfig of the notebook's model parameters, with a dataset's own overrides (e.g. CSS's)."""
+    fields = {k: v for k, v in dict(p.model).items() if k in MAAF_FIELDS}
+    own = dict(p.dataset_model.get(dataset) or {}) if dataset else {}
+    fields.update({k: v for k, v in own.items() if v is not None})
+    return MAAFConfig(**fields, backbone=p.backbone, backbone_weights=weights, backbone_frozen=p.backbone_frozen,
+                      image_size=p.image_size)
+
+
+def train_spec(p, dataset: str, **changes) -> TrainSpec:
+    t = dict(p.train)
+    return TrainSpec(steps=p.steps[dataset], batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
+                     weight_decay=t["weight_decay"], lr_milestones=tuple(p.lr_milestones[dataset]),
+                     augment=dataset in p.augment and not p.backbone_frozen, seed=p.seed, **changes)
+
+
+def plan_runs(p, weights: str | None) -> list[Run]:
+    """Every run of the notebook: per dataset MAAF (weights kept, for figures) and its baselines; on
+    Fashion IQ also one run per ablation switch. Ablations change MAAFConfig fields, or `loss` /
+    `backbone_weights` ("none" = not pretrained)."""
+    runs = []
+    for d in p.datasets:
+        cfg = base_config(p, weights, d)
+        curve = dict(eval_every=p.curves_every, curve_group=("dress" if d == "fashioniq" else "test")) \
+            if p.curves_every else {}
+        runs.append(Run("MAAF", d, cfg, train_spec(p, d), keep_model=True, **curve))
+        for fusion in p.baselines[d]:
+            runs.append(Run(fusion, d, dataclasses.replace(cfg, fusion=fusion), train_spec(p, d),
+                            **(curve if fusion == "tirg" else {})))
+    if "fashioniq" in p.datasets:
+        cfg = base_config(p, weights, "fashioniq")
+        for row in p.ablations:
+            change = dict(row["change"])
+            spec_changes = {k: change.pop(k) for k in ("loss",) if k in change}
+            if change.get("backbone_weights") == "none":
+                change["backbone_weights"] = None
+            unknown = set(change) - MAAF_FIELDS
+            if unknown:
+                raise ValueError(f"ablation {row['name']!r}: unknown switches {sorted(unknown)}; "
+                                 f"expected MAAFConfig fields or 'loss'")
+            runs.append(Run(f"ablation: {row['name']}", "fashioniq", dataclasses.replace(cfg, **change),
+                            train_spec(p, "fashioniq", **spec_changes)))
+    return runs

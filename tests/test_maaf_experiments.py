@@ -1,0 +1,141 @@
+"""The MAAF notebook's engine: image tables, batches as pure functions of the step, the evaluation protocol
+against a naive loop, caching, frozen maps, weights pretraining, and learning above chance."""
+import dataclasses
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from visualsearch import maaf_experiments as mx
+from visualsearch.cache import ResultCache
+from visualsearch.data.errors import SkipLog
+from visualsearch.data.scenes import ScenesWorldConfig, build_css
+from visualsearch.data.text_feedback import read_css
+from visualsearch.models.maaf import MAAFConfig, ResNetTrunk
+from visualsearch.models.text import Vocabulary
+
+TINY = MAAFConfig(dim=32, heads=4, ff_width=32, blocks=1, backbone="resnet18", backbone_frozen=True, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def css(tmp_path_factory):
+    root = tmp_path_factory.mktemp("css")
+    build_css(root, asdict(ScenesWorldConfig(train_scenes=40, test_scenes=12, image_size=32)))
+    train, test = read_css(root, "train"), read_css(root, "test")
+    vocab = Vocabulary.build(train.texts())
+    return (mx.SplitInputs(train, mx.ImageTable.load(train.images, 32)),
+            mx.SplitInputs(test, mx.ImageTable.load(test.images, 32)), vocab)
+
+
+def test_image_table_crops_and_counts_missing(tmp_path):
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a.png")
+    skips = SkipLog()
+    table = mx.ImageTable.load([tmp_path / "a.png", tmp_path / "missing.png"], 16, skips)
+    assert table.pixels.shape == (2, 3, 16, 16) and table.pixels.dtype == torch.uint8
+    assert (table.pixels[0, 0] == 255).all() and (table.pixels[1] == 128).all()
+    assert skips.reasons["missing image"] == 1
+
+
+def test_augment_is_reproducible_and_normalised():
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    a = mx.augment(x, torch.Generator().manual_seed(3))
+    b = mx.augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (4, 3, 16, 16)
+    assert not torch.equal(a, mx.augment(x, torch.Generator().manual_seed(4)))
+
+
+def test_batches_are_pure_functions_of_the_step(css):
+    train, _, _ = css
+    fn = mx.make_batch_fn([train], batch_size=6, seed=1)
+    a, b = fn(5), fn(5)
+    assert a["texts"] == b["texts"] and torch.equal(a["source"], b["source"]) and torch.equal(a["target"], b["target"])
+    assert a["texts"] != fn(6)["texts"] or not torch.equal(a["source"], fn(6)["source"])
+    texts = {q.captions[0] for q in train.split.queries}
+    assert set(a["texts"]) <= texts and a["source"].shape == (6, 3, 32, 32)
+
+
+def test_evaluate_matches_a_naive_ranking(css):
+    _, test, vocab = css
+    model = mx.build_seeded(TINY, vocab, 0).eval()
+    got = mx.evaluate(model, test, ks=(1, 5, 10))
+    split = test.split
+    with torch.no_grad():
+        gallery = F.normalize(model.embed_catalog(mx.normalize_pixels(test.table.pixels)), dim=-1)
+        hits = {1: 0, 5: 0, 10: 0}
+        for q in split.queries:
+            src = mx.normalize_pixels(test.table.pixels[[q.source]])
+            s = (F.normalize(model.compose(src, [q.captions[0]]), dim=-1) @ gallery.T)[0]
+            s[q.source] = -np.inf  # the reference never retrieves itself
+            order = torch.argsort(s, descending=True, stable=True).tolist()
+            first = next(r for r, g in enumerate(order) if split.labels[g] == q.target_label)
+            for k in hits:
+                hits[k] += first < k
+    for k in hits:
+        assert got.recall[f"R@{k}"] == pytest.approx(100 * hits[k] / len(split.queries))
+
+
+def test_frozen_maps_give_the_same_embeddings_as_pixels(css):
+    _, test, vocab = css
+    model = mx.build_seeded(TINY, vocab, 0).eval()
+    key = mx.backbone_key(TINY, 0)
+    test.maps[key] = mx.FrozenMaps.compute(mx.seeded_trunk(TINY, 0), test.table, ["3", "4"])
+    a = mx.evaluate(model, test, ks=(1, 10))
+    b = mx.evaluate(model, test, ks=(1, 10), maps_key=key)
+    assert a.recall == pytest.approx(b.recall, abs=2.0)  # float16 maps: ties may move by a rank
+    del test.maps[key]
+
+
+@pytest.mark.slow
+def test_training_learns_above_chance_and_is_cached(css, tmp_path):
+    train, test, vocab = css
+    cache = ResultCache(tmp_path)
+    cfg = TINY
+    for g in (train, test):
+        g.maps[mx.backbone_key(cfg, 0)] = mx.FrozenMaps.compute(mx.seeded_trunk(cfg, 0), g.table, ["3", "4"])
+    spec = mx.TrainSpec(steps=150, batch_size=16, lr=0.05)
+    result = mx.run_experiment("MAAF", cfg, spec, [train], {"test": test}, vocab, "css-fixture", cache,
+                               keep_model=True)
+    chance = 100 * 10 / len(test.split.images)
+    assert result.recall["test"]["R@10"] > 2 * chance
+    assert result.log["loss"].iloc[-20:].mean() < result.log["loss"].iloc[:20].mean()
+    again = mx.run_experiment("MAAF", cfg, spec, [train], {"test": test}, vocab, "css-fixture", cache,
+                              keep_model=True)
+    assert cache.hits == ["maaf-maaf"] and again.recall == result.recall
+    assert not any(k.startswith("trunk.") for k in again.state)  # the frozen backbone is not stored
+    model = mx.restore(cfg, vocab, 0, again.state)
+    assert mx.evaluate(model, test, ks=(10,)).recall["R@10"] == pytest.approx(result.recall["test"]["R@10"], abs=2.0)
+
+
+def test_seeded_trunk_is_the_models_trunk(css):
+    _, _, vocab = css
+    for fusion in ("maaf", "tirg"):
+        cfg = dataclasses.replace(TINY, fusion=fusion)
+        model = mx.build_seeded(cfg, vocab, 3)
+        assert torch.equal(model.trunk.layer4[0].conv1.weight, mx.seeded_trunk(cfg, 3).layer4[0].conv1.weight)
+
+
+def test_pretrained_weights_load_into_the_models(tmp_path):
+    state = mx.pretrain_trunk("resnet18", image_size=32, steps=2, n_photos=16, batch_size=8)
+    acc = state.pop("__accuracy__")
+    assert set(acc) == set(mx.ATTRIBUTE_HEADS)
+    torch.save(state, tmp_path / "w.pth")
+    trunk = ResNetTrunk("resnet18", tmp_path / "w.pth")
+    assert torch.equal(trunk.stem[0].weight, state["conv1.weight"])
+
+
+def test_plan_runs_and_bad_ablation(css):
+    from visualsearch.config import load_params
+
+    p = load_params("maaf_ablations", "smoke")
+    runs = mx.plan_runs(p, None)
+    names = [(r.dataset, r.name) for r in runs]
+    assert ("fashioniq", "MAAF") in names and ("css", "tirg") in names
+    assert ("fashioniq", "ablation: mean pooling") in names
+    ablation = next(r for r in runs if r.name == "ablation: mean pooling")
+    assert ablation.cfg.pooling == "mean" and ablation.spec == next(r for r in runs if r.name == "MAAF").spec
+    bad = load_params("maaf_ablations", "smoke", {"ablations": [{"name": "x", "change": {"depth": 3}}]})
+    with pytest.raises(ValueError, match="unknown switches"):
+        mx.plan_runs(bad, None)

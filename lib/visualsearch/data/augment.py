@@ -37,12 +37,14 @@ def _resize(x: torch.Tensor, size: int, method: str) -> torch.Tensor:
 def augment_batch(images: torch.Tensor, out_size: int, generator: torch.Generator,
                   cfg: AugmentConfig | None = None) -> torch.Tensor:
     """Augment a batch [B, 3, H, W] (uint8, or float in [0, 1]) into float [B, 3, out_size, out_size] in
-    [0, 1]. Every random draw comes from `generator`, so equal generator states give equal outputs."""
+    [0, 1]. Every random draw comes from `generator`, so equal generator states give equal outputs. Images
+    may live on a GPU: pass a generator on that device to keep the noise there."""
     cfg = cfg or AugmentConfig()
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     b, _, h, w = x.shape
-    u = torch.rand(b, 8, generator=generator)  # per image: crop?, w, h, x, y, flip?, noise?, method
-    out = torch.empty(b, 3, out_size, out_size)
+    # per image: crop?, w, h, x, y, flip?, noise?, method (drawn where the generator lives, read on the CPU)
+    u = torch.rand(b, 8, generator=generator, device=generator.device).cpu()
+    out = torch.empty(b, 3, out_size, out_size, device=x.device)
     for i in range(b):
         img = x[i]
         if u[i, 0] < cfg.crop_prob:
@@ -58,8 +60,8 @@ def augment_batch(images: torch.Tensor, out_size: int, generator: torch.Generato
         out[i] = img
     noisy = (u[:, 6] < cfg.noise_prob).view(b, 1, 1, 1)
     if cfg.noise_std > 0 and cfg.noise_prob > 0:
-        noise = torch.randn(out.shape, generator=generator) * cfg.noise_std
-        out = out + noise * noisy
+        noise = torch.randn(out.shape, generator=generator, device=generator.device).to(out.device) * cfg.noise_std
+        out = out + noise * noisy.to(out.device)
     return out.clamp_(0, 1)
 
 

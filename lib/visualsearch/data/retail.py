@@ -299,7 +299,8 @@ def crop_to_box(img: Image.Image, bbox, margin: float = 0.1) -> Image.Image:
     return img.crop(box)
 
 
-def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
+def image_to_uint8(img: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image as uint8 [3, size, size] (bilinear resize when needed)."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -317,7 +318,7 @@ def load_split_images(split: RetailSplit, size: int, use_boxes: bool = True, mar
             continue
         if use_boxes:
             img = crop_to_box(img, split.bboxes[i], margin)
-        out.append(_to_uint8(img, size))
+        out.append(image_to_uint8(img, size))
         kept.append(i)
     if not out:
         return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
@@ -341,5 +342,5 @@ class RetailDataset(Dataset):
         img = load_image(self.split.paths[i])
         if self.use_boxes:
             img = crop_to_box(img, self.split.bboxes[i], self.margin)
-        x = self.transform(img) if self.transform else _to_uint8(img, self.size).float() / 255
+        x = self.transform(img) if self.transform else image_to_uint8(img, self.size).float() / 255
         return x, self.split.labels[i], self.split.categories[i]

@@ -142,7 +142,7 @@ def load_face_data(p, skips: SkipLog | None = None) -> FaceData:
             n = int(mask.sum())
             lab = {a: torch.full((n,), -1, dtype=torch.long) for a in ATTRIBUTES}
             lab["emotion"] = torch.tensor([vocab["emotion"].index(e) for e in fer_df["emotion"][mask]], dtype=torch.long)
-            return FaceSplit(fer_images[torch.from_numpy(mask)], lab, torch.full((n,), -1, dtype=torch.long),
+            return FaceSplit(fer_images[torch.from_numpy(np.array(mask))], lab, torch.full((n,), -1, dtype=torch.long),
                              torch.full((n,), float("nan")))
         is_train = (fer_df["usage"] == "Training").to_numpy()
         train_split = _cat(train_split, fer_split(is_train))
@@ -337,23 +337,70 @@ def finetune_run(trunk: FaceTrunk, data: FaceData, bank: FeatureBank, attr: str,
     return out
 
 
+def grid_jobs(p) -> list[tuple]:
+    """(depth, attribute, method, seed) of every run, ordered by depth so frozen features are reused."""
+    return [(d, a, m, s) for d in sorted(p["depths"]) for m in ("finetune", "probe") for a in ATTRIBUTES
+            for s in p["seeds"]] + [(0, a, "scratch", s) for a in ATTRIBUTES for s in p["seeds"]]
+
+
+def _job_key(trunk_key: dict, p, job: tuple) -> dict:
+    d, a, m, s = job
+    return {"trunk": trunk_key, "finetune": dict(p["finetune"]), "control": dict(p["control"]), "attribute": a,
+            "method": m, "depth": d, "seed": s, "keep_state": m == "finetune" and s == p["seeds"][0]}
+
+
+_WORKER: dict = {}  # what forked workers inherit: trunk, data, params, device, threads, and their own FeatureBank
+
+
+def _run_job(job: tuple, cache_root) -> None:
+    """In a worker process: train one run (if not cached) and store it in the cache."""
+    from .cache import ResultCache
+
+    w = _WORKER
+    torch.set_num_threads(w["threads"])
+    if "bank" not in w:
+        w["bank"] = FeatureBank(w["trunk"], w["data"], w["device"], w["p"]["finetune"]["feature_cache_mb"])
+    d, a, m, s = job
+    key = _job_key(w["trunk_key"], w["p"], job)
+    ResultCache(cache_root).get_or_compute("face_finetune", key, lambda: finetune_run(
+        w["trunk"], w["data"], w["bank"], a, m, d, s, w["p"], key["keep_state"], w["device"]))
+
+
 def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, device: str = "cpu",
              log=print) -> tuple[pd.DataFrame, dict]:
-    """All fine-tuning runs: finetune and probe at every depth in p.depths, scratch once, for every attribute
-    and seed. Returns (one row per run, {(attr, method, depth, seed): result dict incl. predictions})."""
+    """All fine-tuning runs: finetune and probe at every depth in p.depths, scratch at depth 0, for every
+    attribute and seed. Returns (one row per run, {(attr, method, depth, seed): result dict incl. predictions}).
+
+    With a cache and p.parallel.workers > 1 on CPU, runs missing from the cache are trained that many at a
+    time in forked processes (p.parallel.threads_per_worker torch threads each; small networks use cores
+    better this way than with intra-op threads), then everything is read back from the cache in order.
+    """
+    jobs = grid_jobs(p)
+    workers = int(p.get("parallel", {}).get("workers", 1))
+    if cache is not None and workers > 1 and device == "cpu":
+        todo = [j for j in jobs if not cache.path("face_finetune", _job_key(trunk_key, p, j)).is_file()]
+        if todo:
+            from concurrent.futures import ProcessPoolExecutor
+            import multiprocessing as mp
+
+            _WORKER.clear()
+            _WORKER.update(trunk=trunk, trunk_key=trunk_key, data=data, p=p, device=device,
+                           threads=int(p["parallel"]["threads_per_worker"]))
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_run_job, j, cache.root) for j in todo]
+                for i, f in enumerate(futures):
+                    f.result()
+                    if log and (i + 1) % max(1, len(futures) // 10) == 0:
+                        log(f"  {i + 1}/{len(futures)} runs trained")
+            _WORKER.clear()
     bank = FeatureBank(trunk, data, device, p["finetune"]["feature_cache_mb"])
     runs = {}
-    jobs = [(d, a, m, s) for d in sorted(p["depths"]) for m in ("finetune", "probe") for a in ATTRIBUTES
-            for s in p["seeds"]] + [(0, a, "scratch", s) for a in ATTRIBUTES for s in p["seeds"]]
-    for i, (d, a, m, s) in enumerate(jobs):
-        keep = m == "finetune" and s == p["seeds"][0]
-        key = {"trunk": trunk_key, "finetune": dict(p["finetune"]), "control": dict(p["control"]), "attribute": a,
-               "method": m, "depth": d, "seed": s, "keep_state": keep}
-        compute = lambda d=d, a=a, m=m, s=s, keep=keep: finetune_run(trunk, data, bank, a, m, d, s, p, keep, device)
+    for i, job in enumerate(jobs):
+        d, a, m, s = job
+        key = _job_key(trunk_key, p, job)
+        compute = lambda d=d, a=a, m=m, s=s, k=key: finetune_run(trunk, data, bank, a, m, d, s, p, k["keep_state"], device)
         r = cache.get_or_compute("face_finetune", key, compute) if cache is not None else compute()
         runs[(a, m, d, s)] = r
-        if log and (i + 1) % max(1, len(jobs) // 10) == 0:
-            log(f"  {i + 1}/{len(jobs)} runs done")
     rows = [{k: v for k, v in r.items() if k not in ("pred", "state")} for r in runs.values()]
     return pd.DataFrame(rows), runs
 
@@ -517,9 +564,9 @@ def baselines_table(summary: pd.DataFrame, patterns: pd.DataFrame, chosen: pd.Se
         rows.extend({**base, "metric": f"{a} accuracy", "reproduced": v} for a, v in accs.items())
         rows.append({**base, "metric": "mean accuracy", "reproduced": sum(accs.values()) / len(accs)})
         rows.append({**base, "metric": "age MAE (years)", "reproduced": mae})
-        rows += [{**base, "metric": "GFLOPs (2 per multiply-add)", "reproduced": cost["flops"] / 1e9},
-                 {**base, "metric": "GMACs (multiply-adds)", "reproduced": cost["macs"] / 1e9},
-                 {**base, "metric": "parameters (M)", "reproduced": cost["params"] / 1e6}]
+        rows.extend([{**base, "metric": "GFLOPs (2 per multiply-add)", "reproduced": cost["flops"] / 1e9},
+                     {**base, "metric": "GMACs (multiply-adds)", "reproduced": cost["macs"] / 1e9},
+                     {**base, "metric": "parameters (M)", "reproduced": cost["params"] / 1e6}])
 
     def from_pattern(row):
         pat = {a: int(row[f"depth_{a}"]) for a in ATTRIBUTES}

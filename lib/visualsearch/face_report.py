@@ -67,8 +67,8 @@ def plot_depth_curves(summary: pd.DataFrame, n_stages: int = 4):
             if len(sc):
                 ax.axhline(float(sc["mean"].iloc[0]), ls=":", lw=1, color=colours[a])
         ax.set_xticks(range(n_stages + 1))
-        ax.set_xlabel("branch depth (stages shared; 0 = none, 4 = head only)")
         ax.set_title(title, fontsize=9)
+    fig.supxlabel(f"branch depth: identity stages shared and frozen (0 = none, {n_stages} = head only)", fontsize=9)
     axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
     axes[0].legend(fontsize=7, title="dotted: from scratch", title_fontsize=7)
     fig.tight_layout()

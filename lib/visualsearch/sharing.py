@@ -101,7 +101,7 @@ def choose_pattern(df: pd.DataFrame, budget: float, convention: str = "flops") -
     accurate ones the cheapest. Raises ValueError when no pattern fits."""
     if convention not in ("flops", "macs"):
         raise ValueError(f"cost convention {convention!r}: expected 'flops' or 'macs'")
-    fits = df[df[convention] <= budget]
+    fits = df[df[convention] <= float(budget)]
     if fits.empty:
         raise ValueError(f"no sharing pattern fits {budget:.3g} {convention}; the cheapest costs {df[convention].min():.3g}")
     return fits.sort_values(["mean_accuracy", convention], ascending=[False, True]).iloc[0]

@@ -1,0 +1,153 @@
+"""The face experiment's logic: data loading (world and real formats), scoring, the grid's runs, claims."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix
+
+from visualsearch import face_attributes as fa
+from visualsearch.data.faces import EMOTIONS
+from visualsearch.models.face import FaceNetConfig, FaceTrunk
+
+TINY_NET = {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "stem_stride": 1, "input_size": 16}
+SECTION = {"steps": 30, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "decay_at": [0.8], "feature_cache_mb": 100}
+
+
+def _params(**extra):
+    p = {"seed": 0, "seeds": [0, 1], "depths": [0, 2, 4], "model": TINY_NET, "trunk": SECTION, "finetune": SECTION,
+         "control": {"probe_width": 8}, "data_root": None,
+         "world": {"seed": 1, "image_size": 24, "n_pretrain_identities": 6, "n_train_identities": 4,
+                   "n_val_identities": 4, "photos_per_identity": 5}}
+    p.update(extra)
+    return p
+
+
+def test_age_mae_from_bin_centres():
+    pred = torch.tensor([3, 8, 0])
+    true = torch.tensor([3, 6, 1])
+    years = torch.tensor([27.0, float("nan"), 4.0])
+    # |24.5-27| + |77.5-54.5| (true bin centre used where years unknown) + |1-4|
+    assert fa.age_mae_years(pred, true, years) == pytest.approx((2.5 + 23.0 + 3.0) / 3)
+
+
+def test_score_ignores_unlabelled_and_confusion_matches_sklearn():
+    split = fa.FaceSplit(torch.zeros(5, 3, 4, 4, dtype=torch.uint8),
+                         {a: torch.tensor([0, 1, -1, 1, 2]) for a in fa.ATTRIBUTES},
+                         torch.zeros(5, dtype=torch.long), torch.full((5,), float("nan")))
+    logits = torch.eye(3)[torch.tensor([0, 2, 1, 1, 2])]
+    s = fa.score("emotion", logits, split)
+    assert s["accuracy"] == pytest.approx(3 / 4) and s["n_test"] == 4
+    cm = fa.confusion(s["pred"], split.labels["emotion"], 3)
+    assert (cm == confusion_matrix([0, 1, 1, 2], [0, 2, 1, 2], labels=[0, 1, 2])).all()
+    assert "mae_years" in fa.score("age", logits, split)
+
+
+def _runs(gains):
+    """Synthetic runs: accuracy(attr, depth, seed) = base + gain if depth < 4, with seed noise."""
+    rows = []
+    for a, (base, gain, noise) in gains.items():
+        for d in range(5):
+            for s in range(3):
+                rows.append({"attribute": a, "method": "finetune", "depth": d, "seed": s, "trainable_params": 10,
+                             "accuracy": base + (gain if d == 1 else gain / 2 if d < 4 else 0) + noise * (s - 1),
+                             "mae_years": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_depth_claims_judge_gain_against_seed_spread():
+    runs = _runs({"emotion": (0.3, 0.3, 0.01), "age": (0.3, 0.02, 0.03), "gender": (0.8, 0.02, 0.01),
+                  "ethnicity": (0.6, 0.2, 0.01)})
+    g = fa.depth_gain(runs, "emotion")
+    assert g.best_depth == 1 and g.gain == pytest.approx(0.3) and g.spread == pytest.approx(0.02)
+    assert g.per_seed_gains == pytest.approx([0.3, 0.3, 0.3])
+    claims = {c[0].split()[0]: c[1] for c in fa.depth_claims(runs)}
+    assert claims == {"emotion": True, "age": False, "gender": True, "ethnicity": False}
+
+
+def test_summarize_mean_and_spread():
+    runs = _runs({a: (0.5, 0.1, 0.05) for a in fa.ATTRIBUTES})
+    s = fa.summarize(runs).set_index(["attribute", "method", "depth"])
+    row = s.loc[("age", "finetune", 1)]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.05) and row["count"] == 3
+    assert row["max"] - row["min"] == pytest.approx(0.1)
+
+
+def test_fit_classifier_learns_and_is_reproducible(one_thread):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    def run():
+        torch.manual_seed(123)
+        return fa.fit_classifier(torch.nn.Linear(6, 2), x, y, {**SECTION, "lr": 0.05}, seed=3).model
+    a, b = run(), run()
+    assert torch.equal(a.weight, b.weight)
+    assert (a(x).argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_world_data():
+    return fa.load_face_data(_params())
+
+
+def test_load_world_splits(tiny_world_data):
+    d = tiny_world_data
+    assert len(d.pretrain) == 30 and len(d.train) == 20 and len(d.test) == 20 and d.n_identities == 6
+    assert d.pretrain.images.shape[1:] == (3, 16, 16) and d.pretrain.images.dtype == torch.uint8
+    assert set(d.vocab["emotion"]) <= set(EMOTIONS) and (d.train.labels["gender"] >= 0).all()
+    assert sorted(d.test.identity.unique().tolist()) == [0, 1, 2, 3]  # test people indexed among themselves
+    assert not torch.isnan(d.test.age_years).any()
+
+
+@pytest.mark.slow
+def test_grid_runs_multihead_and_feature_bank_agree(tiny_world_data, one_thread):
+    d = tiny_world_data
+    p = _params()
+    torch.manual_seed(0)
+    trunk, info, key = fa.train_identity_trunk(d, p)
+    assert 0 <= info["test_identity_rank1"] <= 1
+    # frozen features kept in memory or recomputed per batch: the same run
+    a = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 100), "emotion", "finetune", 2, 0, p, keep_state=True)
+    b = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 0), "emotion", "finetune", 2, 0, p)
+    assert a["accuracy"] == pytest.approx(b["accuracy"]) and torch.equal(a["pred"], b["pred"])
+    runs_df, runs = fa.run_grid(trunk, key, d, p, log=None)
+    assert len(runs_df) == (3 * 2 * 4 + 4) * 2  # (finetune + probe) x depths x attributes + scratch, x seeds
+    pattern = {"age": 0, "gender": 4, "ethnicity": 2, "emotion": 2}
+    net = fa.build_multihead(trunk, pattern, runs, d, seed=0)
+    one = fa.evaluate_multihead(net, d)
+    for attr, depth in pattern.items():  # one pass of the tree = the separately trained branches
+        assert torch.equal(one[attr]["pred"], runs[(attr, "finetune", depth, 0)]["pred"])
+
+
+def test_real_formats_with_fer2013(tmp_path):
+    root = tmp_path
+    for who in ("ann", "bob"):
+        for k in range(2):
+            (root / "ids" / who).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 20, 3), 50 + k, np.uint8)).save(root / "ids" / who / f"{k}.jpg")
+    (root / "ff" / "train").mkdir(parents=True)
+    for i in (1, 2):
+        Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(root / "ff" / "train" / f"{i}.jpg")
+    hdr = "file,age,gender,race,service_test\n"
+    (root / "ff" / "train.csv").write_text(hdr + "train/1.jpg,20-29,Male,White,False\ntrain/2.jpg,3-9,Female,Black,True\n")
+    (root / "ff" / "val.csv").write_text(hdr + "train/2.jpg,3-9,Female,Black,True\n")
+    px = " ".join(["9"] * 2304)
+    (root / "fer.csv").write_text(f"emotion,pixels,Usage\n3,{px},Training\n0,{px},PublicTest\n6,{px},Training\n")
+    p = _params(data_root=str(root), data={"identity_dir": "ids", "min_images_per_identity": 2,
+                                           "fairface_train": "ff/train.csv", "fairface_val": "ff/val.csv",
+                                           "fairface_images": "ff", "fer2013": "fer.csv"})
+    d = fa.load_face_data(p)
+    assert d.n_identities == 2 and len(d.pretrain) == 4
+    assert d.vocab["emotion"] == ("angry", "happy", "neutral")  # FER order, only the emotions present
+    assert len(d.train) == 4 and len(d.test) == 2
+    assert d.train.labels["emotion"].tolist() == [-1, -1, 1, 2] and d.train.labels["gender"].tolist() == [0, 1, -1, -1]
+    assert d.test.labels["emotion"].tolist() == [-1, 0] and d.test.images.shape[1:] == (3, 16, 16)

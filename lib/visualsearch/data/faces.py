@@ -56,7 +56,7 @@ class FacesWorldConfig:
     n_val_identities: int = 100        # identities of fairface_label_val.csv (attribute test)
     photos_per_identity: int = 12      # photos drawn per identity, each with its own emotion, age, nuisances
     age_photo_sd_years: float = 6.0    # spread of a photo's age around the identity's base age (adults)
-    emotion_intensity: tuple = (0.45, 1.0)  # range of per-photo expression strength (0 = neutral face)
+    emotion_intensity: tuple = (0.6, 1.0)   # range of per-photo expression strength (0 = neutral face)
     resting_face_sd: float = 0.25      # per-identity bias of brows/mouth/eyes, as a fraction of an expression
     pose_jitter: float = 1.0           # scales yaw, pitch, roll, scale and shift ranges (0 = frontal, centred)
     light_jitter: float = 1.0          # scales lighting gradient, brightness, contrast and colour-cast ranges
@@ -362,7 +362,7 @@ def render_face(ident: Identity, photo: Photo, size: int) -> Image.Image:
         for s in (-1, 1):
             d.ellipse([P(s * fw - 0.1, eye_y - 0.25, False), P(s * fw + 0.1, eye_y + 0.02, False)], fill=_rgb(hair))
     # wrinkles: forehead, crow's feet, nasolabial folds; bags under the eyes with sag
-    wc = _rgb(_mix(skin_age, (0.25, 0.15, 0.1), 0.2 + 0.5 * wrinkle))
+    wc = _rgb(_mix(skin_age, (0.2, 0.12, 0.08), 0.3 + 0.5 * wrinkle))
     if wrinkle > 0.05:
         n_lines = 1 + int(2.99 * wrinkle)
         for i in range(n_lines):
@@ -372,7 +372,7 @@ def render_face(ident: Identity, photo: Photo, size: int) -> Image.Image:
             x0 = s * (ident.eye_gap + eye_w * 1.05)
             for j in (-1, 0, 1):
                 d.line([P(x0, eye_y), P(x0 + s * 0.06, eye_y + j * 0.04)], fill=wc, width=line_w)
-    if wrinkle > 0.25:
+    if wrinkle > 0.15:
         for s in (-1, 1):
             d.line([P(s * ident.nose_w * 1.3, eye_y + nose_len * 0.9), P(s * ident.mouth_w * 1.15, mouth_y + 0.02)],
                    fill=wc, width=line_w)
@@ -396,9 +396,9 @@ def render_face(ident: Identity, photo: Photo, size: int) -> Image.Image:
     for s in (-1, 1):
         xi = s * (ident.eye_gap - eye_w * 0.75)
         xo = s * (ident.eye_gap + eye_w * 0.75 + ident.brow_len * 0.35)
-        yb = eye_y - ident.brow_gap - eye_h - 0.07 * raise_
-        yi = yb + 0.055 * inner
-        yo = yb - 0.02 * inner - 0.01 * raise_
+        yb = eye_y - ident.brow_gap - eye_h - 0.09 * raise_
+        yi = yb + 0.08 * inner
+        yo = yb - 0.03 * inner - 0.01 * raise_
         t = ident.brow_thick
         mid_x, mid_y = (xi + xo) / 2, (yi + yo) / 2 - 0.02 - 0.02 * raise_
         d.polygon([P(xi, yi), P(mid_x, mid_y), P(xo, yo), P(xo, yo + t * 0.6), P(mid_x, mid_y + t), P(xi, yi + t)],
@@ -414,9 +414,9 @@ def render_face(ident: Identity, photo: Photo, size: int) -> Image.Image:
     opening = ex["open"] * k
     mw = ident.mouth_w * (1 + ex["width"] * k)
     lt = ident.lip_thick * (0.7 if photo.emotion == "angry" else 1.0)
-    corner_y = mouth_y - 0.05 * curve
-    mid_y = mouth_y + 0.025 * curve
-    gap = 0.085 * opening
+    corner_y = mouth_y - 0.075 * curve
+    mid_y = mouth_y + 0.035 * curve
+    gap = 0.11 * opening
     upper = [P(x, corner_y + (mid_y - corner_y) * (1 - (x / mw) ** 2)) for x in np.linspace(-mw, mw, 9)]
     lower_in = [P(x, corner_y + (mid_y - corner_y + gap) * (1 - (x / mw) ** 2)) for x in np.linspace(mw, -mw, 9)]
     lower_out = [P(x, corner_y + (mid_y - corner_y + gap + lt) * (1 - (x / mw) ** 2) + 0.006) for x in np.linspace(mw, -mw, 9)]

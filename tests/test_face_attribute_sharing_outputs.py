@@ -1,0 +1,54 @@
+"""What the face notebook writes at smoke size: the depth table, the sharing patterns, the chosen network
+against its baselines, the claims, and the figures."""
+import pandas as pd
+import pytest
+
+NB = "face_attribute_sharing"
+ATTRS = ("age", "gender", "ethnicity", "emotion")
+
+
+@pytest.fixture(scope="module")
+def out(smoke_outputs):
+    return smoke_outputs(NB)
+
+
+@pytest.mark.notebook
+def test_accuracy_by_depth_table(out):
+    df = pd.read_csv(out / "results" / NB / "accuracy_by_depth.csv")
+    ours = df[df["variant"].notna()]
+    for method in ("finetune", "probe"):
+        for a in ATTRS:
+            rows = ours[(ours.variant == method) & (ours.attribute == a) & (ours.metric == f"{a} accuracy")]
+            assert sorted(rows.depth) == [0, 2, 4]  # the smoke preset's depths
+            assert rows.reproduced.between(0, 1).all() and (rows.n_seeds == 2).all() and (rows["std"] >= 0).all()
+    assert len(ours[(ours.variant == "scratch")]) >= 4
+    assert (ours[ours.metric == "age MAE (years)"].reproduced > 0).all()
+    paper = df[df["variant"].isna()]
+    assert len(paper) and paper.reported.isna().all()  # the paper's per-depth numbers are unknown
+
+
+@pytest.mark.notebook
+def test_sharing_patterns_and_chosen_network(out):
+    pats = pd.read_csv(out / "results" / NB / "sharing_patterns.csv")
+    chosen = pats[pats.role.fillna("").str.contains("chosen")]
+    g = chosen[chosen.metric == "GFLOPs (2 per multiply-add)"].reproduced.iloc[0]
+    m = chosen[chosen.metric == "GMACs (multiply-adds)"].reproduced.iloc[0]
+    assert g == pytest.approx(2 * m) and g <= 1.0
+    base = pd.read_csv(out / "results" / NB / "chosen_vs_baselines.csv")
+    methods = " | ".join(base.method.unique())
+    for name in ("one forward pass", "head only", "separate networks (share nothing)", "from scratch"):
+        assert name in methods
+    one = base[base.method.str.contains("one forward pass")]
+    assert set(one.metric) >= {f"{a} accuracy" for a in ATTRS} | {"age MAE (years)", "GFLOPs (2 per multiply-add)"}
+    # the chosen pattern's cost equals that of the network built from it
+    built = one[one.metric == "GFLOPs (2 per multiply-add)"].reproduced.iloc[0]
+    assert built == pytest.approx(g)
+
+
+@pytest.mark.notebook
+def test_claims_and_figures(out):
+    claims = pd.read_csv(out / "results" / NB / "claims.csv")
+    assert len(claims) == 6 and claims.detail.str.len().min() > 20
+    figs = {p.stem for p in (out / "figures" / NB).glob("*.png")}
+    assert figs >= {"accuracy_vs_depth", "flops_vs_accuracy", "confusion_matrices", "faces_identities_by_emotion",
+                    "predictions_grid"}

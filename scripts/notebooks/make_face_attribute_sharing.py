@@ -75,7 +75,12 @@ md("""
 
 Three disjoint sets of people: identity pretraining (folder per identity), attribute fine-tuning and attribute
 test (FairFace-style CSVs with `file,age,gender,race,service_test` plus `emotion` and `identity`). With
-`data_root`, the same readers load a real identity set, FairFace and optionally FER2013.
+`data_root`, the same readers load real data laid out as in `p.data` (paths relative to `data_root`):
+`identities/<person>/<image>` (CASIA-WebFace, VGGFace2 or CelebA by identity), FairFace's
+`fairface_label_train.csv` / `fairface_label_val.csv` with their `train/`, `val/` images, and FER2013's
+`fer2013.csv` for emotion (its Training rows join fine-tuning, PublicTest/PrivateTest the test set). An
+attribute a dataset lacks is left out of that dataset's training and scoring; missing or corrupt images are
+skipped and counted in every table's provenance.
 """)
 
 code("""

@@ -253,19 +253,29 @@ def top1_category_confusion(r: Retrieval, query_categories, gallery_categories, 
 
 
 def similarity_samples(query_emb, gallery_emb, query_labels, gallery_labels, n_neg: int = 20000,
-                       seed: int = 0, queries_in_gallery: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of query-positive pairs (all) and of a random sample of query-negative pairs."""
+                       seed: int = 0, queries_in_gallery: bool = False, max_pos: int = 50000) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of query-positive pairs (all, or a random max_pos of them) and of a random sample
+    of query-negative pairs. Memory is linear in the pairs drawn, not Q x G."""
     ql, gl = torch.as_tensor(query_labels), torch.as_tensor(gallery_labels)
-    same = ql.unsqueeze(1) == gl.unsqueeze(0)
-    if queries_in_gallery:
-        same.fill_diagonal_(False)
-    sim = query_emb @ gallery_emb.T
-    pos = sim[same].numpy()
+    by_label: dict = {}
+    for j, l in enumerate(gl.tolist()):
+        by_label.setdefault(l, []).append(j)
+    qi, gi = [], []
+    for i, l in enumerate(ql.tolist()):
+        for j in by_label.get(l, ()):
+            if not (queries_in_gallery and i == j):
+                qi.append(i)
+                gi.append(j)
     g = torch.Generator().manual_seed(seed)
-    qi = torch.randint(len(ql), (n_neg,), generator=g)
-    gi = torch.randint(len(gl), (n_neg,), generator=g)
-    keep = ql[qi] != gl[gi]
-    return pos, sim[qi[keep], gi[keep]].numpy()
+    qi, gi = torch.tensor(qi, dtype=torch.long), torch.tensor(gi, dtype=torch.long)
+    if len(qi) > max_pos:
+        keep = torch.randperm(len(qi), generator=g)[:max_pos]
+        qi, gi = qi[keep], gi[keep]
+    pos = (query_emb[qi] * gallery_emb[gi]).sum(1).numpy()
+    nq = torch.randint(len(ql), (n_neg,), generator=g)
+    ng = torch.randint(len(gl), (n_neg,), generator=g)
+    keep = ql[nq] != gl[ng]
+    return pos, (query_emb[nq[keep]] * gallery_emb[ng[keep]]).sum(1).numpy()
 
 
 def error_breakdown(r: Retrieval, query_labels, gallery_labels, query_groups, gallery_groups, query_categories,
@@ -493,7 +503,7 @@ def load_data(p) -> TripletData:
         inshop_query=load_imageset(inshop.query, size, True, mem, skips),
         inshop_gallery=load_imageset(inshop.gallery, size, True, mem, skips),
         sop_train=load_imageset(sop.train, size, False, mem, skips),
-        sop_test=load_imageset(sop.test if hasattr(sop, "test") else sop.query, size, False, mem, skips),
+        sop_test=load_imageset(sop.query, size, False, mem, skips),
         inshop_categories=inshop.category_names, sop_categories=sop.category_names,
         inshop_name=names[0], sop_name=names[1], description=desc, fingerprint=fp, skips=skips,
         attributes=att, folder=folder)

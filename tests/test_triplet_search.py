@@ -142,3 +142,24 @@ def test_batch_hard_on_pair_batches_learns_a_hidden_identity_against_chance():
         opt.zero_grad(), loss.backward(), opt.step()
     after = r1()
     assert after > 0.7 and after > before + 0.5  # chance: 3 relevant of 159 at top-1, about 0.02
+
+
+def test_real_data_layout_and_start_weights_errors(world, tmp_path):
+    from visualsearch.cache import ResultCache
+    from visualsearch.config import load_params
+
+    (tmp_path / "In-shop").symlink_to(world, target_is_directory=True)
+    (tmp_path / "Stanford_Online_Products").symlink_to(world, target_is_directory=True)
+    p = load_params("triplet_product_search", "smoke", data_root=tmp_path)
+    d = ts.load_data(p)
+    assert d.inshop_name == "DeepFashion In-shop" and d.sop_name == "Stanford Online Products"
+    assert d.attributes is None and len(d.inshop_query) > 0 and len(d.sop_test) == 3 * 3 * 4
+    with pytest.raises(ValueError, match="use 'imagenet' and a local weights file"):
+        ts.trunk_weights(p, d, ResultCache(tmp_path / "cache"))
+    p2 = load_params("triplet_product_search", "smoke", {"model": {"weights": "imagenet", "weights_path": "r50.pth"}},
+                     data_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="r50.pth does not exist"):
+        ts.trunk_weights(p2, d, ResultCache(tmp_path / "cache"))
+    p3 = load_params("triplet_product_search", "smoke", {"data": {"sop_dir": "nowhere"}}, data_root=tmp_path)
+    with pytest.raises(Exception, match="missing folder.*Stanford Online Products root"):
+        ts.load_data(p3)

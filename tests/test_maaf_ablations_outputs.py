@@ -47,7 +47,9 @@ def test_ablations_and_claims(out):
     full = ab[(ab.method == "MAAF (full model)") & (ab.metric == "change vs full model")]["reproduced"]
     assert full.iloc[0] == 0
     claims = read(out, "claims")
-    assert len(claims) == 2 and claims["detail"].str.contains("margins").all()
+    beats = claims[claims["claim"].str.startswith("MAAF beats")]
+    assert len(beats) == 2 and beats["detail"].str.contains("margins").all()
+    assert claims["claim"].str.contains("region they name").any()
 
 
 def test_figures_and_sidecars(out):

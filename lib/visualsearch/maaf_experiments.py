@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+# Every library module a run may use is imported here, not lazily: the result cache keys on the sources of
+# the loaded modules, so the set must be the same when a run is looked up and when it is stored.
+from . import atomic
+from .cache import ResultCache
+from .data import text_feedback as tf
 from .data.errors import SkipLog
+from .data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
 from .data.images import load_image
+from .data.products import CATEGORIES, render_photo, sample_product, sample_view
+from .data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
 from .data.text_feedback import FeedbackSplit
+from .data.worlds import cache_root, fingerprint_dir
 from .evaluate import recall_at_k, retrieve
 from .losses import BatchSoftmaxLoss, SoftTripletLoss
+from .models import baselines  # noqa: F401  (built through models.maaf.build_model)
 from .models.maaf import MAAFConfig, ResNetTrunk, build_model
 from .models.text import Vocabulary
 from .seeding import step_seed
+from .train import TrainConfig, train
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -245,8 +257,8 @@ class RunResult:
     recall: dict                      # eval name -> {"R@k": percent}
     log: object                       # pandas DataFrame: step, loss, lr, batch_acc
     state: dict | None = None         # state dict without frozen parts (see trainable_state)
-    wall_s: float = 0.0
-    extra: dict = field(default_factory=dict)
+    wall_s: float = 0.0               # training time (wall clock)
+    extra: dict = field(default_factory=dict)  # cpu_s: CPU seconds of training + evaluation (load-independent)
 
 
 def trainable_state(model) -> dict:
@@ -300,13 +312,12 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
 
     `eval_every` > 0 with `curve_group` records Recall@K on that evaluation split during training (the
     training curves)."""
-    from .train import TrainConfig, train
-
     maps_key = backbone_key(cfg, spec.seed) if cfg.backbone_frozen else None
     if maps_key is not None and not all(maps_key in g.maps for g in [*train_groups, *eval_groups.values()]):
         maps_key = None  # no precomputed maps: the frozen backbone runs on pixels
 
     def compute() -> RunResult:
+        cpu0 = time.process_time()
         model = build_seeded(cfg, vocab, spec.seed)
         tc = TrainConfig(steps=spec.steps, lr=spec.lr, optimizer="sgd", momentum=0.9, nesterov=False,
                          weight_decay=spec.weight_decay, lr_milestones=spec.lr_milestones, lr_gamma=0.1,
@@ -321,7 +332,7 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
         model = result.model
         recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).recall for k, g in eval_groups.items()}
         state = {k: v.cpu() for k, v in trainable_state(model).items()} if keep_model else None
-        return RunResult(recall, result.log, state, result.wall_s)
+        return RunResult(recall, result.log, state, result.wall_s, {"cpu_s": time.process_time() - cpu0})
 
     if cache is None:
         return compute()
@@ -343,8 +354,6 @@ def attribute_photos(n: int, image_size: int, seed: int):
     """`n` product photos (shop and street views) of every products category with their coarse attributes:
     the data of the stand-in for ImageNet pretraining (a products world of its own seed, not the
     retrieval worlds)."""
-    from .data.products import CATEGORIES, render_photo, sample_product, sample_view
-
     rng = np.random.default_rng([seed, 7])
     cats = list(CATEGORIES)
     pixels = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
@@ -432,8 +441,6 @@ class PreparedDataset:
 
 def read_dataset(name: str, root, skips: SkipLog) -> tuple[list, dict]:
     """(training splits, {evaluation name: split}) of one dataset under `root`, with its protocol."""
-    from .data import text_feedback as tf
-
     if name == "fashioniq":
         return list(tf.read_fashion_iq(root, "train", skips=skips).values()), tf.read_fashion_iq(root, "val", skips=skips)
     if name == "css":
@@ -449,9 +456,6 @@ def read_dataset(name: str, root, skips: SkipLog) -> tuple[list, dict]:
 
 def synthetic_root(name: str, worlds: dict, seed: int, image_size: int):
     """The cached synthetic world of `name` drawn with the notebook's world sizes."""
-    from .data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
-    from .data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
-
     if name in ("css", "spot_the_diff"):
         cfg = ScenesWorldConfig(seed=seed, image_size=image_size, train_scenes=worlds["css_scenes"][0],
                                 test_scenes=worlds["css_scenes"][1], spot_pairs=tuple(worlds["spot_pairs"]))
@@ -470,8 +474,6 @@ _DESCRIPTIONS = {"fashioniq": "Fashion IQ", "css": "CSS", "fashion200k": "Fashio
 def prepare_dataset(name: str, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
                     ) -> PreparedDataset:
     """Read one dataset (real under data_root/<folder>, else its synthetic world) and load its images."""
-    from .data.worlds import fingerprint_dir
-
     skips = SkipLog()
     if data_root:
         root = Path(data_root) / REAL_FOLDERS[name]
@@ -505,11 +507,10 @@ class Run:
 
 
 _POOL_DATA: dict = {}
+TOKEN_FUSIONS = ("maaf", "cross_attention")  # models whose steps cost far more than global-feature ones
 
 
 def _run_one(run: Run, ks, device, cache_root) -> RunResult:
-    from .cache import ResultCache
-
     d = _POOL_DATA[run.dataset]
     torch.set_num_threads(_POOL_DATA["__threads__"])
     return run_experiment(run.name, run.cfg, run.spec, d.train, d.eval, d.vocab, d.fingerprint,
@@ -543,20 +544,23 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
     _POOL_DATA.clear()
     _POOL_DATA.update(datasets)
     _POOL_DATA["__threads__"] = threads
-    results = {}
+    trained = {}
     if todo and workers > 1 and device == "cpu":
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            futures = {(r.dataset, r.name): pool.submit(_run_one, r, ks, device, cache.root) for r in todo}
+            longest_first = sorted(todo, key=lambda r: -r.spec.steps * (4 if r.cfg.fusion in TOKEN_FUSIONS else 1))
+            futures = {(r.dataset, r.name): pool.submit(_run_one, r, ks, device, cache.root) for r in longest_first}
             for key, fut in tqdm(futures.items(), desc="training runs", disable=not progress):
-                results[key] = fut.result()
+                trained[key] = fut.result()
     else:
         for r in tqdm(todo, desc="training runs", disable=not progress or not todo):
-            results[(r.dataset, r.name)] = _run_one(r, ks, device, cache.root)
-    for r in runs:  # everything, in order, from the cache (the runs just trained were stored there)
+            trained[(r.dataset, r.name)] = _run_one(r, ks, device, cache.root)
+    cache.misses += [cache_name(r.name) for r in todo]
+    results = {}
+    for r in runs:  # in plan order; the ones not trained now come from the cache
         d = datasets[r.dataset]
-        results[(r.dataset, r.name)] = run_experiment(r.name, r.cfg, r.spec, d.train, d.eval, d.vocab,
-                                                      d.fingerprint, cache, r.keep_model, device, False, ks,
-                                                      r.eval_every, r.curve_group)
+        results[(r.dataset, r.name)] = trained.get((r.dataset, r.name)) or run_experiment(
+            r.name, r.cfg, r.spec, d.train, d.eval, d.vocab, d.fingerprint, cache, r.keep_model, device, False, ks,
+            r.eval_every, r.curve_group)
     return results
 
 
@@ -568,8 +572,6 @@ MAAF_FIELDS = {f.name for f in dataclasses.fields(MAAFConfig)}
 def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
     """The backbone weights of the notebook's parameters: "none" (random init), "synthetic" (pretrained
     here on product attributes, cached, written once as a state-dict file), or a local file path."""
-    from .data.worlds import cache_root
-
     if p.backbone_weights == "none":
         return None
     if p.backbone_weights != "synthetic":
@@ -579,13 +581,18 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         return str(p.backbone_weights)
     pre = dict(p.pretrain)
     key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre}
-    state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
-        p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
-        progress))
+    def compute():  # one process: give it every core the runs would share
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, p.workers * p.threads))
+        try:
+            return pretrain_trunk(p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"],
+                                  pre["lr"], p.seed, p.device, progress)
+        finally:
+            torch.set_num_threads(threads)
+
+    state = cache.get_or_compute("maaf-backbone-pretraining", key, compute)
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
     if not path.is_file():
-        from . import atomic
-
         atomic.torch_save({k: v for k, v in state.items() if k != "__accuracy__"}, path)
     return str(path)
 

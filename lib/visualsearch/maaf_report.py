@@ -183,3 +183,40 @@ def curves_figure(results: dict, recall_metric: str = "R@10"):
         axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------- where named places are looked at
+
+def place_attention(model, group: SplitInputs, max_queries: int = 200, device: str = "cpu") -> pd.DataFrame:
+    """On CSS-style scenes: how much a word naming a grid place ("topleft", ...) attends to the image tokens
+    of that place, relative to the average image token (1 = no preference, < 1 = looks elsewhere).
+
+    The paper observes, from its attention figures, that words tend not to attend to the region they refer
+    to; this measures it. Tokens belong to the 3x3 cell that holds their centre; one row per (block, stage)
+    with the mean ratio over queries naming a place whose cell holds at least one token of that stage."""
+    from .data.scenes import COLUMNS, ROWS
+
+    places = {f"{r}{c}": (i, j) for i, r in enumerate(ROWS) for j, c in enumerate(COLUMNS)}
+    split = group.split
+    model = model.to(device).eval()
+    ratios: dict = {}
+    for q in split.queries[:max_queries]:
+        text = split.query_text(q)
+        with torch.no_grad():
+            out = model.compose(normalize_pixels(group.table.pixels[[q.source]]).to(device), [text],
+                                return_attention=True)
+        words = out.tokens[0]
+        named = [(k, places[w]) for k, w in enumerate(words) if w in places]
+        for block in range(len(out.attentions)):
+            maps = word_attention_maps(out, 0, block)
+            for stage, grid in maps.items():
+                h, w = grid.shape[-2:]
+                rows = ((torch.arange(h) + 0.5) / h * 3).long()
+                cols = ((torch.arange(w) + 0.5) / w * 3).long()
+                for k, (i, j) in named:
+                    inside = (rows[:, None] == i) & (cols[None, :] == j)
+                    if inside.any():
+                        att = grid[k].cpu()
+                        ratios.setdefault((block + 1, stage), []).append(float(att[inside].mean() / att.mean()))
+    return pd.DataFrame([{"block": b, "stage": f"layer{s}", "queries": len(v), "ratio": float(np.mean(v))}
+                         for (b, s), v in sorted(ratios.items())])

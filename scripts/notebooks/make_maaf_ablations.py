@@ -123,6 +123,11 @@ code("""
 runs = mx.plan_runs(p, weights)
 results = mx.run_all(runs, data, cache, ks=(1, 5, 10, 50), workers=p.workers, threads=p.threads, device=p.device)
 print(len(runs), "runs;", len(cache.misses), "trained now,", len(cache.hits), "from the cache")
+costs = pd.DataFrame([{"method": r.name, "dataset": r.dataset, "metric": m, "reproduced": v}
+                      for r in runs for m, v in (("steps", r.spec.steps), ("training wall s", results[(r.dataset, r.name)].wall_s),
+                                                 ("CPU s", results[(r.dataset, r.name)].extra.get("cpu_s")))])
+rep.table("run_costs", costs, data="this machine", note="training wall time and CPU seconds (training + evaluation) "
+          "of each run when it was trained (cached runs keep the numbers of the run that trained them)")
 """)
 
 code("""
@@ -217,6 +222,30 @@ for dataset, group in (("css", "test"), ("fashioniq", "dress")):
         for i in range(p.examples):
             fig = mr.attention_figure(model, data[dataset].eval[group], i * 7)
             rep.figure(f"attention_{dataset}_{i}", fig, data=data[dataset].description)
+""")
+
+md("""
+How much does a word that names a place ("topleft", "middlecenter", ...) attend to that place? Below, for
+CSS-style queries, the attention of the place word to the image tokens inside the named cell of the 3x3 grid,
+divided by its average attention over all image tokens: 1 means no preference, below 1 that the word looks
+elsewhere, which is what the paper reports seeing in its figures.
+""")
+
+code("""
+if "css" in data:
+    places = mr.place_attention(trained_maaf("css"), data["css"].eval["test"])
+    display(places)
+    if len(places):
+        tidy = pd.DataFrame({"method": "MAAF", "dataset": "CSS",
+                             "metric": [f"block {b} {s}: place / mean attention" for b, s in zip(places.block, places.stage)],
+                             "reproduced": places.ratio})
+        rep.table("css_place_attention", tidy, data=data["css"].description,
+                  note="ratio of a place word's attention inside the named cell to its mean attention")
+        rep.check("Words attend less to the image region they name than to the average image token (CSS-style)",
+                  bool((places.ratio < 1).all()),
+                  "; ".join(f"block {b} {s}: {r:.2f} over {n} words" for b, s, r, n in
+                            zip(places.block, places.stage, places.ratio, places.queries)),
+                  measured=float(places.ratio.mean()))
 """)
 
 md("""

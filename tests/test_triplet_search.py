@@ -163,3 +163,29 @@ def test_real_data_layout_and_start_weights_errors(world, tmp_path):
     p3 = load_params("triplet_product_search", "smoke", {"data": {"sop_dir": "nowhere"}}, data_root=tmp_path)
     with pytest.raises(Exception, match="missing folder.*Stanford Online Products root"):
         ts.load_data(p3)
+
+
+def test_bootstrap_difference_separates_noise_from_a_win():
+    g = torch.Generator().manual_seed(0)
+    clusters = torch.arange(300).repeat_interleave(4)
+    a = (torch.rand(1200, generator=g) < 0.6).float()
+    diff, lo, hi = ts.bootstrap_difference(a, a, clusters)
+    assert diff == 0 and lo == 0 and hi == 0
+    # noise: 10 queries gained, 8 lost (+0.0017): the interval straddles 0
+    ones, zeros = a.nonzero().squeeze(1), (a == 0).nonzero().squeeze(1)
+    b = a.clone()
+    b[ones[torch.randperm(len(ones), generator=g)[:10]]] = 0
+    b[zeros[torch.randperm(len(zeros), generator=g)[:8]]] = 1
+    diff, lo, hi = ts.bootstrap_difference(a, b, clusters)
+    assert diff == pytest.approx(2 / 1200) and lo < 0 < hi
+    worse = (torch.rand(1200, generator=g) < 0.4).float()
+    diff, lo, hi = ts.bootstrap_difference(a, worse, clusters)
+    assert lo > 0.1 and lo < diff < hi
+    # resampling clusters, not queries: a difference carried by few products has a wider interval
+    d1 = torch.zeros(1200)
+    d1[:40] = 1  # +40 hits in 10 products
+    d2 = torch.zeros(1200)
+    d2[::30] = 1  # +40 hits spread over 40 products
+    w1 = ts.bootstrap_difference(d1, torch.zeros(1200), clusters)
+    w2 = ts.bootstrap_difference(d2, torch.zeros(1200), clusters)
+    assert w1[0] == w2[0] and (w1[2] - w1[1]) > 1.5 * (w2[2] - w2[1])

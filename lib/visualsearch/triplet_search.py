@@ -631,3 +631,30 @@ def lookalike_groups_of(d: TripletData, images: ImageSet) -> torch.Tensor | None
         return None
     grp = d.attributes.set_index("product_id").group
     return torch.tensor([int(grp[int(s.rsplit("_", 1)[1])]) for s in images.item_ids])
+
+
+def hits_at_1(r: Retrieval, query_labels, gallery_labels) -> torch.Tensor:
+    """Per query: 1.0 when the top-1 result is the same product."""
+    return (torch.as_tensor(gallery_labels)[r.indices[:, 0]] == torch.as_tensor(query_labels)).float()
+
+
+def bootstrap_difference(hits_a: torch.Tensor, hits_b: torch.Tensor, clusters, n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of hits_a - hits_b (paired, same queries) and its bootstrap interval, resampling whole clusters
+    (products: the photos of one product are not independent queries). A claim "a beats b" is taken as
+    reproduced only when the interval's lower end is above 0, so a difference within sampling noise of the
+    test set is not reported as a win."""
+    d = (torch.as_tensor(hits_a) - torch.as_tensor(hits_b)).double()
+    _, inv = torch.unique(torch.as_tensor(clusters), return_inverse=True)
+    n_c = int(inv.max()) + 1
+    sums = torch.zeros(n_c, dtype=torch.float64).index_add_(0, inv, d)
+    counts = torch.zeros(n_c, dtype=torch.float64).index_add_(0, inv, torch.ones_like(d))
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(n_c, (n_boot, n_c), generator=g)
+    boot = sums[pick].sum(1) / counts[pick].sum(1)
+    lo, hi = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return float(d.mean()), lo, hi
+
+
+def claim_detail(a: float, b: float, lo: float, hi: float) -> str:
+    return f"{a:.3f} vs {b:.3f} (difference {a - b:+.3f}, 95% bootstrap interval over test products {lo:+.3f} to {hi:+.3f})"

@@ -154,12 +154,12 @@ def test_caption_phrases():
 def test_minilm_text_tower_caches_phrases_and_is_frozen():
     tokens = C.FrozenMiniLMTokens()
     states, mask = tokens(["is red", "has long sleeves"])
-    assert states.shape[2] == 384 and mask.sum(1).tolist() == [4, 5]  # [CLS] words [SEP]
+    assert states.shape[2] == 384 and mask.sum(1).tolist() == [2, 3]  # word pieces, no [CLS] / [SEP]
     both, mask2 = tokens(["has long sleeves and is red"])
-    assert mask2.sum().item() == 9 and len(tokens._cache) == 2  # both phrases came from the cache
-    assert torch.equal(both[0, :5], states[1, :5]) and torch.equal(both[0, 5:9], states[0, :4])
+    assert mask2.sum().item() == 5 and len(tokens._cache) == 2  # both phrases came from the cache
+    assert torch.equal(both[0, :3], states[1, :3]) and torch.equal(both[0, 3:5], states[0, :2])
     whole = C.FrozenMiniLMTokens(phrases=False)
-    assert whole(["has long sleeves and is red"])[1].sum().item() == 8  # one [CLS] ... [SEP]
+    assert whole(["has long sleeves and is red"])[1].sum().item() == 6  # "and" stays in a whole caption
     assert not any(p.requires_grad for p in tokens.model.parameters())
 
 

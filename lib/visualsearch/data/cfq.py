@@ -160,7 +160,7 @@ def read_cfq(root, skips: SkipLog | None = None, verify_images: bool = True) -> 
 # "with stripes", "without dots", "longer"). Its small judged catalog mixes, on purpose:
 #   - targets: the reference with the caption applied and nothing else changed (accurate, similar);
 #   - caption-true but dissimilar items: the caption holds but other attributes changed;
-#   - look-alikes the caption rules out: the reference's look, or one attribute off it, caption false;
+#   - look-alikes the caption rules out: the reference's look (twice), or one attribute off it, caption false;
 #   - partly true items (two-constraint captions): one constraint holds;
 #   - fillers: random garments (of the query's category in subset "focused", of any category in "broad").
 # Ground truth: accuracy = how many constraints hold (all: yes, some: not sure, none: no); similarity =
@@ -364,11 +364,11 @@ def draw_cfq_queries(cfg: CFQWorldConfig) -> list[dict]:
                 target = _satisfy(rng, target, c)
             if not constraints or target is None:
                 continue
-            catalog = [("target", target), ("target", target)]
-            for n in (1, 2):
-                catalog.append((f"caption true, {n} other change", _change_unmentioned(rng, target, mentioned, n)))
-            catalog.append(("look-alike ruled out", reference))
-            catalog.append(("look-alike ruled out", _change_unmentioned(rng, reference, mentioned, 1)))
+            ruled_out = "look-alike ruled out"
+            catalog = [("target", target), ("caption true, 1 other change", _change_unmentioned(rng, target, mentioned, 1)),
+                       (ruled_out, reference), (ruled_out, _change_unmentioned(rng, reference, mentioned, 1)),
+                       ("target", target), ("caption true, 2 other changes", _change_unmentioned(rng, target, mentioned, 2)),
+                       (ruled_out, reference)]
             if len(constraints) == 2:
                 partial = _violate(rng, target, constraints[1])
                 if partial is not None:

@@ -162,13 +162,12 @@ def caption_phrases(text: str) -> list[str]:
 
 
 class FrozenMiniLMTokens(nn.Module):
-    """Token states of a local sentence-transformers (BERT-family) model, frozen, computed per *phrase* and
-    cached.
+    """Word-piece token states of a local sentence-transformers (BERT-family) model, frozen, computed per
+    *phrase* and cached ([CLS] / [SEP] states are dropped: the trainable block pools the words).
 
     Why per phrase: on two CPU cores the frozen model's forward passes dominate training, and most captions
     are new combinations of a few hundred phrases ("is blue", "has stripes", "not red"). A caption's states
-    are the concatenation of its phrases' states (each with its own [CLS] / [SEP]); the trainable block on
-    top relates the phrases. Negations and comparisons stay inside one phrase ("not red", "shorter sleeves").
+    are the concatenation of its phrases' states; the trainable block on top relates the phrases. Negations and comparisons stay inside one phrase ("not red", "shorter sleeves").
     `phrases=False` encodes each caption whole.
     """
 
@@ -199,11 +198,14 @@ class FrozenMiniLMTokens(nn.Module):
         for start in range(0, len(texts), 256):
             chunk = texts[start:start + 256]
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt").to(next(self.model.parameters()).device)
+                                   return_tensors="pt", return_special_tokens_mask=True)
+            special = batch.pop("special_tokens_mask").bool()
+            batch = batch.to(next(self.model.parameters()).device)
             with torch.no_grad():
-                hidden = self.model(**batch).last_hidden_state
-            for text, h, m in zip(chunk, hidden, batch["attention_mask"].bool()):
-                self._cache[text] = h[m].cpu().clone()
+                hidden = self.model(**batch).last_hidden_state.cpu()
+            for text, h, m, sp in zip(chunk, hidden, batch["attention_mask"].bool().cpu(), special):
+                words = m & ~sp
+                self._cache[text] = (h[words] if words.any() else h[:1]).clone()
 
     def states(self, text: str) -> torch.Tensor:
         """[L, width] frozen states of one caption (its phrases' states concatenated)."""
@@ -241,18 +243,21 @@ class WordTokens(nn.Module):
 
 
 class SmallTextTower(nn.Module):
-    """Token source (frozen MiniLM or word embeddings) -> one trainable Transformer block; pooled = masked
-    mean of the block's outputs."""
+    """Token source (frozen MiniLM or word embeddings) -> Linear to `width` (when it differs) -> one trainable
+    Transformer block; pooled = masked mean of the block's outputs. The narrowing keeps the block cheap on a
+    CPU (MiniLM's 384 channels cost five times as much per token as 128)."""
 
-    def __init__(self, tokens: nn.Module, heads: int = 4, blocks: int = 1, dropout: float = 0.1):
+    def __init__(self, tokens: nn.Module, width: int | None = None, heads: int = 4, blocks: int = 1,
+                 dropout: float = 0.1):
         super().__init__()
         self.source = tokens
-        self.width = tokens.width
+        self.width = width or tokens.width
+        self.narrow = nn.Linear(tokens.width, self.width) if self.width != tokens.width else nn.Identity()
         self.adapter = FusionEncoder(self.width, heads=heads, ff_width=self.width, blocks=blocks, dropout=dropout)
 
     def forward(self, texts) -> TextOut:
         states, mask = self.source(list(texts))
-        tokens = self.adapter(states, mask)
+        tokens = self.adapter(self.narrow(states), mask)
         return TextOut(tokens, mask, masked_mean(tokens, mask))
 
 
@@ -309,8 +314,8 @@ def small_clip(embed_dim: int = 128, widths=(16, 32, 64, 128), text: str = "mini
                text_width: int = 128, text_heads: int = 4, text_model_path=None, dropout: float = 0.1,
                tokens: nn.Module | None = None) -> DualEncoder:
     """The embedded default's dual encoder. `text`: "minilm" (frozen offline MiniLM token states) or "words"
-    (trainable embeddings over `vocab`, width `text_width`). `tokens`: an existing frozen token source to
-    share (several models built over one FrozenMiniLMTokens load it, and fill its caption cache, once)."""
+    (trainable embeddings over `vocab`); the text tower's block works at `text_width` channels. `tokens`: an
+    existing frozen token source to share (several models built over one FrozenMiniLMTokens load it, and fill its caption cache, once)."""
     if tokens is not None:
         pass
     elif text == "minilm":
@@ -321,8 +326,10 @@ def small_clip(embed_dim: int = 128, widths=(16, 32, 64, 128), text: str = "mini
         tokens = WordTokens(vocab, text_width)
     else:
         raise ValueError(f"text tower must be 'minilm' or 'words', got {text!r}")
-    heads = text_heads if tokens.width % text_heads == 0 else 1
-    return DualEncoder(SmallImageTower(embed_dim, widths), SmallTextTower(tokens, heads, dropout=dropout), embed_dim)
+    width = text_width if text_width else tokens.width
+    heads = text_heads if width % text_heads == 0 else 1
+    return DualEncoder(SmallImageTower(embed_dim, widths), SmallTextTower(tokens, width, heads, dropout=dropout),
+                       embed_dim)
 
 
 class HFImageTower(nn.Module):

@@ -1,0 +1,84 @@
+"""Pieces of the CFQ experiment: image bank, pretraining captions, pure batches, stored state, claim logic."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visualsearch import cfq_experiment as cx
+from visualsearch.models import clip as C
+from visualsearch.models.text import Vocabulary
+
+
+def test_image_bank_dedupes_normalises_and_counts_unreadable(tmp_path):
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "b.png")
+    bank = cx.ImageBank(8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert bank.add([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "a.png"]) == [0, 1, 0]
+    assert bank.add([tmp_path / "gone.png"]) == [2]
+    x = bank.pixels([0, 1, 2])
+    assert x.shape == (3, 3, 8, 8)
+    assert torch.allclose(x[0, 0], torch.ones(8, 8)) and torch.allclose(x[0, 2], -torch.ones(8, 8))
+    assert torch.allclose(x[1, 2], torch.ones(8, 8))  # resized 16 -> 8, still blue
+    assert bank.skips.reasons["missing image"] == 1
+    with pytest.raises(RuntimeError, match="after the images were loaded"):
+        bank.add([tmp_path / "new.png"])
+
+
+def test_attribute_caption_phrases():
+    row = {"colour": "blue", "pattern": "stripes", "category": "dress", "sleeve": "long", "length": "knee",
+           "neckline": "v", "buttons": 3, "trim_colour": "white", "logo_shape": "star", "logo_colour": "red"}
+    rng = np.random.default_rng(0)
+    captions = {cx.attribute_caption(row, rng) for _ in range(200)}
+    assert all(c.startswith("a blue striped dress") for c in captions)
+    phrases = set().union(*(C.caption_phrases(c) for c in captions))
+    assert {"with long sleeves", "knee length", "with a v-neck", "with 3 buttons", "with a white trim",
+            "with a red star logo"} <= phrases
+
+
+def test_composed_batches_are_pure_functions_of_the_step():
+    pairs = cx.PairSet(np.arange(10), np.arange(10) + 10, [[f"cap {i}", f"alt {i}"] for i in range(10)])
+    feats = {"map": torch.arange(20.0).view(20, 1, 1, 1)}
+    fn = cx.composed_batches(pairs, cx.ImageInputs(None, feats), batch_size=4, seed=3)
+    a, b, c = fn(5), fn(5), fn(6)
+    assert torch.equal(a["source"]["map"], b["source"]["map"]) and a["texts"] == b["texts"]
+    assert not torch.equal(a["source"]["map"], c["source"]["map"]) or a["texts"] != c["texts"]
+    assert torch.equal(a["target"]["map"], a["source"]["map"] + 10)  # each target stays with its reference
+    assert len(set(a["source"]["map"].flatten().tolist())) == 4  # distinct pairs in a batch
+
+
+def test_stored_state_leaves_out_the_frozen_minilm():
+    tokens = C.FrozenMiniLMTokens()
+    clip = C.small_clip(16, (8, 8, 16, 16), tokens=tokens, text_width=16, text_heads=2)
+    state = cx.stored_state(C.build_composition("raf", clip, heads=2, ff_width=8))
+    assert not any(".source.model." in k for k in state) and "clip.text_projection.weight" in state
+    assert sum(v.numel() for v in state.values()) < 2_000_000  # MiniLM alone has 22M
+
+
+class _Results:
+    """The part of CFQExperiment that `compare` reads."""
+
+    def __init__(self, numbers):
+        self.results = {r: {} for r in numbers}
+        self.numbers = numbers
+
+    def headline(self, run):
+        return dict(zip(cx.HEADLINE, self.numbers[run]))
+
+
+class _Rep:
+    def __init__(self):
+        self.checks = []
+
+    def check(self, claim, passed, detail, measured=None):
+        self.checks.append((claim, passed, detail))
+
+
+def test_claims_need_every_headline_number():
+    numbers = {"clip-fiq": (50, 60, 70, 80), "scratch-fiq": (40, 59, 69, 79),
+               "clip-imfq-fiq": (55, 61, 71, 81), "raf-fiq": (52, 62, 72, 82), "raf-imfq-fiq": (53, 62, 71, 83),
+               "af-fiq": (51, 61, 70, 80)}
+    rep = _Rep()
+    out = cx.check_claims(_Results(numbers), rep)
+    assert [c["passed"] for c in out] == [True, False, True]  # raf-imfq-fiq loses similar mAP (71 < 72)
+    assert "(-1.0)" in out[1]["detail"] and "(+10.0)" in out[0]["detail"]
+    assert len(rep.checks) == 3

@@ -608,7 +608,8 @@ def base_config(p, weights: str | None, dataset: str | None = None) -> MAAFConfi
 
 def train_spec(p, dataset: str, **changes) -> TrainSpec:
     t = dict(p.train)
-    return TrainSpec(steps=p.steps[dataset], batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
+    changes.setdefault("steps", p.steps[dataset])
+    return TrainSpec(batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
                      weight_decay=t["weight_decay"], lr_milestones=tuple(p.lr_milestones[dataset]),
                      augment=dataset in p.augment and not p.backbone_frozen, seed=p.seed, **changes)
 
@@ -626,6 +627,9 @@ def plan_runs(p, weights: str | None) -> list[Run]:
         for fusion in p.baselines[d]:
             runs.append(Run(fusion, d, dataclasses.replace(cfg, fusion=fusion), train_spec(p, d),
                             **(curve if fusion == "tirg" else {})))
+        if p.longer_tirg and d in ("fashioniq", "css"):  # does TIRG only need more steps? (a control)
+            runs.append(Run(f"TIRG, {p.longer_tirg}x steps", d, dataclasses.replace(cfg, fusion="tirg"),
+                            train_spec(p, d, steps=p.steps[d] * p.longer_tirg)))
     if "fashioniq" in p.datasets:
         cfg = base_config(p, weights, "fashioniq")
         for row in p.ablations:

@@ -282,21 +282,25 @@ md("""
 
 The paper's central claim, checked on this preset: MAAF beats TIRG, concatenation and the image-only baseline
 on the scenes (CSS-style) and on the Fashion IQ-style data. Each check states the margins; a failed check is a
-result and is recorded, never hidden.
+result and is recorded, never hidden. TIRG is also trained for several times more steps (`longer_tirg`), and
+MAAF must beat that run too: at a few hundred steps the baselines have not converged (see the curves), so
+equal steps alone could flatter MAAF.
 """)
 
 code("""
 if "fashioniq" in data:
     scores = {m: mr.fiq_score(r) for m, r in fiq_results.items()}
     n = sum(len(g.split.queries) for g in data["fashioniq"].eval.values())
-    passed, detail = mr.beats(scores, "MAAF", [m for m in ("TIRG", "concat", "image only") if m in scores], n)
+    passed, detail = mr.beats(scores, "MAAF", [m for m in scores if m.startswith("TIRG")]
+                              + [m for m in ("concat", "image only") if m in scores], n)
     rep.check("MAAF beats TIRG, concat and image-only on Fashion IQ-style data ((R@10+R@50)/2)", passed, detail,
               measured=scores["MAAF"])
 if "css" in data:
     css_results = by_method("css")
     scores = {m: r.recall["test"]["R@1"] for m, r in css_results.items()}
     n = len(data["css"].eval["test"].split.queries)
-    passed, detail = mr.beats(scores, "MAAF", [m for m in ("TIRG", "concat", "image only") if m in scores], n)
+    passed, detail = mr.beats(scores, "MAAF", [m for m in scores if m.startswith("TIRG")]
+                              + [m for m in ("concat", "image only") if m in scores], n)
     rep.check("MAAF beats TIRG, concat and image-only on CSS-style scenes (R@1)", passed, detail,
               measured=scores["MAAF"])
 rep.claims_table()

@@ -66,6 +66,8 @@ from visualsearch.report import Reporter, context_rows
 
 p = load_params("face_attribute_sharing", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
 rep = Reporter("face_attribute_sharing", p)
+if p.threads:
+    torch.set_num_threads(p.threads)
 cache = ResultCache()
 rep.cache = cache
 """)

@@ -21,7 +21,7 @@ def code(s, tags=None):
 md("""
 # Product visual search with a triplet loss and online sampling
 
-Dodds, Nguyen, Wang, Lamprecht and Sheikh (BayLearn 2018, [arXiv 1810.04652](https://arxiv.org/abs/1810.04652);
+Dodds, Nguyen, Herdade, Culpepper, Kae and Garrigues (BayLearn 2018, [arXiv 1810.04652](https://arxiv.org/abs/1810.04652);
 code: yahoo/Prototrain, `models/ranker`) train a product-retrieval embedding (ResNet-50, one linear layer to
 512-d, L2 norm, cosine similarity) with a **triplet loss whose triplets are built inside the minibatch**: a batch
 is 64 (query, positive) pairs of the same product; each query's negative is the **most similar image of another

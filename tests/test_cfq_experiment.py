@@ -22,6 +22,9 @@ def test_image_bank_dedupes_normalises_and_counts_unreadable(tmp_path):
     assert bank.skips.reasons["missing image"] == 1
     with pytest.raises(RuntimeError, match="after the images were loaded"):
         bank.add([tmp_path / "new.png"])
+    lazy = cx.ImageBank(8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), preload_limit=1)
+    lazy.add([tmp_path / "a.png", tmp_path / "b.png"])
+    assert torch.equal(lazy.pixels([1, 0]), x[[1, 0]]) and lazy._pixels is None  # decoded per request
 
 
 def test_attribute_caption_phrases():

@@ -71,15 +71,16 @@ HEADLINE = ("FIQ (R@10+R@50)/2", "CFQ accurate mAP", "CFQ similar mAP", "CFQ nDC
 # ------------------------------------------------------------------------------------------------- images
 
 class ImageBank:
-    """Every image an experiment uses, decoded once into one uint8 tensor and addressed by path.
+    """Every image an experiment uses, addressed by path, decoded once into one uint8 tensor.
 
-    Why: thousands of small images are read by many runs; decoding them once keeps runs cheap. Images that
-    cannot be read were already dropped (and counted) by the readers; one failing here is counted in `skips`
-    and left black.
+    Why: thousands of small images are read by many runs; decoding them once keeps runs cheap. A bank of more
+    than `preload_limit` images (the real iMaterialist has a million) decodes the images of each request
+    instead. Images that cannot be read were already dropped (and counted) by the readers; one failing here is
+    counted in `skips` and left black.
     """
 
-    def __init__(self, size: int, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
-        self.size, self.paths, self.index = size, [], {}
+    def __init__(self, size: int, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), preload_limit: int = 200_000):
+        self.size, self.paths, self.index, self.preload_limit = size, [], {}, preload_limit
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
         self._pixels: torch.Tensor | None = None
         self.skips = SkipLog()
@@ -96,23 +97,30 @@ class ImageBank:
             out.append(self.index[p])
         return out
 
+    def _decode(self, indices) -> torch.Tensor:
+        pixels = torch.zeros(len(indices), 3, self.size, self.size, dtype=torch.uint8)
+        for row, i in enumerate(indices):
+            im = load_image(self.paths[i], self.skips)
+            if im is None:
+                continue
+            if im.size != (self.size, self.size):
+                im = im.resize((self.size, self.size))
+            pixels[row] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        return pixels
+
     @property
     def pixels_u8(self) -> torch.Tensor:
         if self._pixels is None:
-            pixels = torch.zeros(len(self.paths), 3, self.size, self.size, dtype=torch.uint8)
-            for i, p in enumerate(self.paths):
-                im = load_image(p, self.skips)
-                if im is None:
-                    continue
-                if im.size != (self.size, self.size):
-                    im = im.resize((self.size, self.size))
-                pixels[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
-            self._pixels = pixels
+            self._pixels = self._decode(range(len(self.paths)))
         return self._pixels
 
     def pixels(self, idx) -> torch.Tensor:
-        x = self.pixels_u8[torch.as_tensor(idx, dtype=torch.long)].float() / 255.0
-        return (x - self.mean) / self.std
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self._pixels is None and len(self.paths) > self.preload_limit:
+            u8 = self._decode(idx.tolist())
+        else:
+            u8 = self.pixels_u8[idx]
+        return (u8.float() / 255.0 - self.mean) / self.std
 
 
 @torch.no_grad()

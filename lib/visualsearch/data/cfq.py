@@ -194,6 +194,7 @@ class CFQWorldConfig:
     negation_prob: float = 0.3                      # chance a constraint is a negation ("not red")
     image_size: int = 64                            # images are image_size x image_size JPEG
     missing_images: int = 3                         # catalog images left out, as in the release (3 missing)
+    version: int = 2                                # of the drawing code: part of the cache key, bumped on change
 
 
 @dataclass(frozen=True)

@@ -139,3 +139,14 @@ def test_plan_runs_and_bad_ablation(css):
     bad = load_params("maaf_ablations", "smoke", {"ablations": [{"name": "x", "change": {"depth": 3}}]})
     with pytest.raises(ValueError, match="unknown switches"):
         mx.plan_runs(bad, None)
+
+
+def test_trained_backbone_on_augmented_pixels_runs(css):
+    """The paper preset's path: no frozen maps, the backbone trained at a lower lr on augmented pixels."""
+    train, test, vocab = css
+    cfg = dataclasses.replace(TINY, backbone_frozen=False)
+    spec = mx.TrainSpec(steps=3, batch_size=4, augment=True, image_lr_scale=0.1)
+    before = mx.build_seeded(cfg, vocab, 0).trunk.layer4[0].conv1.weight.clone()
+    result = mx.run_experiment("pixels", cfg, spec, [train], {"test": test}, vocab, "fixture", keep_model=True)
+    assert len(result.log) == 3 and set(result.recall["test"]) == {"R@1", "R@5", "R@10", "R@50"}
+    assert not torch.equal(result.state["trunk.layer4.0.conv1.weight"], before)  # the backbone trained

@@ -4,17 +4,19 @@ Why here and not in the notebook: batching, evaluation protocol and caching are 
 baseline on every dataset, and they are worth testing.
 
 - `ImageTable`: every image of a split as uint8 [N, 3, S, S] (resized, centre-cropped), loaded once.
-- `FrozenMaps`: when the backbone is frozen, its stage maps of every image are computed once (and cached by
-  the caller); models then take maps instead of pixels, so a run trains only what it can change. This is
-  how the default preset fits many runs in minutes; the paper preset trains the backbone at 0.1x lr on
-  augmented pixels, as the authors do.
+- `FrozenMaps`: when the backbone is frozen, its stage maps of every image are computed once per process
+  (only when some run still has to train); models then take maps instead of pixels, so a run trains only
+  what it can change. This is how the default preset fits many runs in minutes; the paper preset trains
+  the backbone at 0.1x lr on augmented pixels, as the authors do.
 - `batch_fn`: (reference, text, target) triplets drawn with a per-step seed; Fashion IQ batches come from
   one category at a time (the authors' loader); FIQ captions joined in random order.
 - `step_fn`: logits = s^2 cos(query_i, target_j); in-batch softmax (or soft triplet) loss.
 - `evaluate`: queries composed, gallery embedded through the catalog path, the reference dropped from its
   own ranking, Recall@K against the hit labels of the split (percent).
 - `run_experiment`: build, train (visualsearch.train), evaluate, cached by ResultCache under the model and
-  training configuration, the data fingerprint and the vocabulary.
+  training configuration, the data fingerprint and the vocabulary; `run_all` trains the uncached runs of a
+  plan in parallel processes; `plan_runs` is the notebook's plan (MAAF, baselines, ablations per dataset).
+- `pretrain_trunk`: the default preset's stand-in for ImageNet weights (product attribute classification).
 """
 from __future__ import annotations
 
@@ -581,16 +583,11 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         return str(p.backbone_weights)
     pre = dict(p.pretrain)
     key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre}
-    def compute():  # one process: give it every core the runs would share
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(threads, p.workers * p.threads))
-        try:
-            return pretrain_trunk(p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"],
-                                  pre["lr"], p.seed, p.device, progress)
-        finally:
-            torch.set_num_threads(threads)
-
-    state = cache.get_or_compute("maaf-backbone-pretraining", key, compute)
+    # `threads` torch threads, as every process here: more threads than free cores (another notebook running)
+    # slows OpenMP down several times over, so this step does not try to take both cores.
+    state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
+        p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
+        progress))
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
     if not path.is_file():
         atomic.torch_save({k: v for k, v in state.items() if k != "__accuracy__"}, path)

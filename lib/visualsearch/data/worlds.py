@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -30,13 +32,28 @@ def params_hash(params: dict, n: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
+def drawing_code_hash(build: Callable) -> str:
+    """Hash of the source of `build`'s module and of the visualsearch.data modules it uses (a world drawn by
+    fashion_text renders with products): a change to the drawing code draws the world anew."""
+    modules = {sys.modules.get(build.__module__)}
+    for value in getattr(build, "__globals__", {}).values():
+        mod = value if isinstance(value, types.ModuleType) else sys.modules.get(getattr(value, "__module__", "") or "")
+        if mod is not None and mod.__name__.startswith("visualsearch.data"):
+            modules.add(mod)
+    h = hashlib.sha256()
+    for f in sorted({m.__file__ for m in modules if m is not None and getattr(m, "__file__", None)}):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:8]
+
+
 def ensure_world(name: str, params: dict, build: Callable[[Path, dict], None], root: Path | None = None) -> Path:
     """Return the folder of world `name` drawn with `params`, building it with `build(folder, params)` if absent.
 
-    The folder is `<cache>/worlds/<name>-<hash(params)>`; `params.json` inside records what drew it.
+    The folder is `<cache>/worlds/<name>-<hash(params)>-<hash(drawing code)>`; `params.json` inside records
+    what drew it.
     """
     root = Path(root) if root else cache_root() / "worlds"
-    final = root / f"{name}-{params_hash(params)}"
+    final = root / f"{name}-{params_hash(params)}-{drawing_code_hash(build)}"
     if (final / "params.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)

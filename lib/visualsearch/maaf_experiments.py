@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import multiprocessing as mp
+import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 # Every library module a run may use is imported here, not lazily: the result cache keys on the sources of
 # the loaded modules, so the set must be the same when a run is looked up and when it is stored.
@@ -296,8 +300,6 @@ def restore(cfg: MAAFConfig, vocab: Vocabulary, seed: int, state: dict):
 
 def cache_name(run_name: str) -> str:
     """A folder-safe cache name for a run ("ablation: no text" -> "maaf-ablation-no-text")."""
-    import re
-
     return "maaf-" + re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-")
 
 
@@ -338,9 +340,14 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
 
     if cache is None:
         return compute()
-    key = {"cfg": asdict(cfg), "spec": asdict(spec), "data": data_key, "vocab": vocab_digest(vocab),
-           "eval": sorted(eval_groups), "ks": list(ks), "keep": keep_model, "curve": [eval_every, curve_group]}
+    key = run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group)
     return cache.get_or_compute(cache_name(name), key, compute)
+
+
+def run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group) -> dict:
+    """What a run's cached result is stored under (with its name and the library's code version)."""
+    return {"cfg": asdict(cfg), "spec": asdict(spec), "data": data_key, "vocab": vocab_digest(vocab),
+            "eval": sorted(eval_groups), "ks": list(ks), "keep": keep_model, "curve": [eval_every, curve_group]}
 
 
 def with_changes(cfg: MAAFConfig, **changes) -> MAAFConfig:
@@ -378,8 +385,6 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
     dict (what `MAAFConfig.backbone_weights` loads): the embedded default's stand-in for ImageNet weights,
     so that, as in the paper, the backbone arrives with useful features. Returns also the final training
     accuracies under the key "__accuracy__" (popped before loading)."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
     trunk = ResNetTrunk(arch).to(device)
@@ -434,12 +439,6 @@ class PreparedDataset:
     fingerprint: str           # of the data folder
     skips: SkipLog
 
-    def attach_maps(self, key: str, trunk: ResNetTrunk, stages, device: str = "cpu") -> None:
-        """Compute a frozen backbone's maps of every split (once; what training and evaluation then use)."""
-        for g in [*self.train, *self.eval.values()]:
-            if key not in g.maps:
-                g.maps[key] = FrozenMaps.compute(trunk, g.table, stages, device=device)
-
 
 def read_dataset(name: str, root, skips: SkipLog) -> tuple[list, dict]:
     """(training splits, {evaluation name: split}) of one dataset under `root`, with its protocol."""
@@ -493,6 +492,21 @@ def prepare_dataset(name: str, image_size: int, data_root=None, worlds: dict | N
         Vocabulary.build(texts), fingerprint_dir(root), skips)
 
 
+def _prepare_one(args) -> PreparedDataset:
+    return prepare_dataset(*args)
+
+
+def prepare_datasets(names, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
+                     workers: int = 1) -> dict:
+    """{name: PreparedDataset}, drawing the worlds and loading the images of `workers` datasets at a time
+    (separate processes: world drawing and image decoding are single-threaded Python)."""
+    jobs = [(n, image_size, data_root, worlds, seed) for n in names]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            return dict(zip(names, pool.map(_prepare_one, jobs)))
+    return {n: _prepare_one(j) for n, j in zip(names, jobs)}
+
+
 # ------------------------------------------------------------------------------------- many runs at once
 
 @dataclass
@@ -512,6 +526,15 @@ _POOL_DATA: dict = {}
 TOKEN_FUSIONS = ("maaf", "cross_attention")  # models whose steps cost far more than global-feature ones
 
 
+def _maps_one(job) -> list:
+    """Maps of one frozen backbone for every split of one dataset (training splits first)."""
+    name, key, cfg, seed, stages, device = job
+    torch.set_num_threads(_POOL_DATA["__threads__"])
+    trunk = seeded_trunk(cfg, seed)
+    d = _POOL_DATA[name]
+    return [FrozenMaps.compute(trunk, g.table, stages, device=device) for g in [*d.train, *d.eval.values()]]
+
+
 def _run_one(run: Run, ks, device, cache_root) -> RunResult:
     d = _POOL_DATA[run.dataset]
     torch.set_num_threads(_POOL_DATA["__threads__"])
@@ -520,9 +543,8 @@ def _run_one(run: Run, ks, device, cache_root) -> RunResult:
 
 
 def run_key_path(cache, run: Run, data: PreparedDataset, ks) -> Path:
-    key = {"cfg": asdict(run.cfg), "spec": asdict(run.spec), "data": data.fingerprint,
-           "vocab": vocab_digest(data.vocab), "eval": sorted(data.eval), "ks": list(ks), "keep": run.keep_model,
-           "curve": [run.eval_every, run.curve_group]}
+    key = run_key(run.cfg, run.spec, data.fingerprint, data.vocab, data.eval, ks, run.keep_model, run.eval_every,
+                  run.curve_group)
     return cache.path(cache_name(run.name), key)
 
 
@@ -531,21 +553,24 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
     """Results of every run ({(dataset, name): RunResult}), from the cache where present; the others are
     trained, `workers` at a time in separate processes (each with `threads` torch threads). Frozen-backbone
     maps are computed once, only for datasets that have something left to train."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing as mp
-    from tqdm.auto import tqdm
-
     todo = [r for r in runs if not run_key_path(cache, r, datasets[r.dataset], ks).is_file()]
     needed: dict = {}  # (dataset, backbone key) -> (a run using it, stages it needs)
     for r in todo:
         if r.cfg.backbone_frozen:
             run, stages = needed.get((r.dataset, backbone_key(r.cfg, r.spec.seed)), (r, {"4"}))
             needed[(r.dataset, backbone_key(r.cfg, r.spec.seed))] = (run, stages | set(r.cfg.token_layers))
-    for (name, key), (r, stages) in needed.items():  # each frozen backbone's maps, computed once
-        datasets[name].attach_maps(key, seeded_trunk(r.cfg, r.spec.seed), sorted(stages), device)
     _POOL_DATA.clear()
     _POOL_DATA.update(datasets)
     _POOL_DATA["__threads__"] = threads
+    jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device) for (name, key), (r, stages) in needed.items()]
+    if len(jobs) > 1 and workers > 1 and device == "cpu":  # each frozen backbone's maps, computed once
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            computed = list(pool.map(_maps_one, jobs))
+    else:
+        computed = [_maps_one(j) for j in jobs]
+    for (name, key, *_), maps in zip(jobs, computed):
+        for g, m in zip([*datasets[name].train, *datasets[name].eval.values()], maps):
+            g.maps[key] = m
     trained = {}
     if todo and workers > 1 and device == "cpu":
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:

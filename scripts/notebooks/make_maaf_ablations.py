@@ -79,7 +79,7 @@ caption. Birds-to-Words and Spot-the-Diff: reference + one description or senten
 """)
 
 code("""
-data = {name: mx.prepare_dataset(name, p.image_size, p.data_root, p.worlds, p.seed) for name in p.datasets}
+data = mx.prepare_datasets(p.datasets, p.image_size, p.data_root, p.worlds, p.seed, workers=p.workers)
 for d in data.values():
     rep.note_data(d.description, d.fingerprint, d.skips)
 pd.DataFrame([{"dataset": d.name, "data": d.description, "training queries": sum(len(g.split.queries) for g in d.train),

@@ -135,7 +135,12 @@ def test_plan_runs_and_bad_ablation(css):
     assert ("fashioniq", "MAAF") in names and ("css", "tirg") in names
     assert ("fashioniq", "ablation: mean pooling") in names
     ablation = next(r for r in runs if r.name == "ablation: mean pooling")
-    assert ablation.cfg.pooling == "mean" and ablation.spec == next(r for r in runs if r.name == "MAAF").spec
+    full = next(r for r in runs if r.name == "MAAF" and r.dataset == "fashioniq")
+    assert ablation.cfg.pooling == "mean" and ablation.spec == full.spec
+    reseeded = next(r for r in runs if r.name == "MAAF, seed 1")
+    assert reseeded.cfg == full.cfg and reseeded.spec == dataclasses.replace(full.spec, seed=1)
+    longer = next(r for r in runs if r.name.startswith("TIRG, ") and r.dataset == "css")
+    assert longer.cfg.fusion == "tirg" and longer.spec.steps == p.longer_tirg * p.steps["css"]
     bad = load_params("maaf_ablations", "smoke", {"ablations": [{"name": "x", "change": {"depth": 3}}]})
     with pytest.raises(ValueError, match="unknown switches"):
         mx.plan_runs(bad, None)

@@ -523,7 +523,12 @@ class Run:
 
 
 _POOL_DATA: dict = {}
-TOKEN_FUSIONS = ("maaf", "cross_attention")  # models whose steps cost far more than global-feature ones
+
+
+def run_cost(run: Run) -> float:
+    """Rough relative cost of a run (steps x per-step weight), to start the longest runs first."""
+    weight = {"maaf": 4.0, "cross_attention": 4.0, "tirg_lastconv": 5.0}.get(run.cfg.fusion, 1.0)
+    return run.spec.steps * weight * (2.0 if run.cfg.text_encoder == "minilm" else 1.0)
 
 
 def _maps_one(job) -> list:
@@ -574,7 +579,7 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
     trained = {}
     if todo and workers > 1 and device == "cpu":
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            longest_first = sorted(todo, key=lambda r: -r.spec.steps * (4 if r.cfg.fusion in TOKEN_FUSIONS else 1))
+            longest_first = sorted(todo, key=lambda r: -run_cost(r))
             futures = {(r.dataset, r.name): pool.submit(_run_one, r, ks, device, cache.root) for r in longest_first}
             for key, fut in tqdm(futures.items(), desc="training runs", disable=not progress):
                 trained[key] = fut.result()
@@ -631,15 +636,17 @@ def base_config(p, weights: str | None, dataset: str | None = None) -> MAAFConfi
 def train_spec(p, dataset: str, **changes) -> TrainSpec:
     t = dict(p.train)
     changes.setdefault("steps", p.steps[dataset])
+    changes.setdefault("seed", p.seed)
     return TrainSpec(batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
                      weight_decay=t["weight_decay"], lr_milestones=tuple(p.lr_milestones[dataset]),
-                     augment=dataset in p.augment and not p.backbone_frozen, seed=p.seed, **changes)
+                     augment=dataset in p.augment and not p.backbone_frozen, **changes)
 
 
 def plan_runs(p, weights: str | None) -> list[Run]:
-    """Every run of the notebook: per dataset MAAF (weights kept, for figures) and its baselines; on
-    Fashion IQ also one run per ablation switch. Ablations change MAAFConfig fields, or `loss` /
-    `backbone_weights` ("none" = not pretrained)."""
+    """Every run of the notebook: per dataset MAAF (weights kept, for figures) and its baselines (and TIRG
+    trained longer, a control); on Fashion IQ also the full model with `reference_seeds` other seeds and one
+    run per ablation switch. Ablations change MAAFConfig fields, or `loss` / `backbone_weights` ("none" =
+    not pretrained)."""
     runs = []
     for d in p.datasets:
         cfg = base_config(p, weights, d)
@@ -654,6 +661,8 @@ def plan_runs(p, weights: str | None) -> list[Run]:
                             train_spec(p, d, steps=p.steps[d] * p.longer_tirg)))
     if "fashioniq" in p.datasets:
         cfg = base_config(p, weights, "fashioniq")
+        for k in range(1, p.reference_seeds + 1):  # the full model again, other seeds: the noise of one run
+            runs.append(Run(f"MAAF, seed {p.seed + k}", "fashioniq", cfg, train_spec(p, "fashioniq", seed=p.seed + k)))
         for row in p.ablations:
             change = dict(row["change"])
             spec_changes = {k: change.pop(k) for k in ("loss",) if k in change}

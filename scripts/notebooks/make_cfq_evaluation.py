@@ -1,22 +1,8 @@
 """Build notebooks/cfq_evaluation.ipynb (no outputs). Run: .venv/bin/python scripts/notebooks/make_cfq_evaluation.py"""
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat as nbf
-
-ROOT = Path(__file__).resolve().parents[2]
-cells = []
-
-
-def md(s):
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = tags
-    cells.append(c)
-
+nb = NotebookBuilder()
+md, code = nb.md, nb.code
 
 md("""
 # Training and challenging models for text-guided fashion image retrieval
@@ -203,10 +189,4 @@ import pandas as pd
 pd.Series(exp.timings, name="seconds (this session, or when cached)").round(1)
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"]["kernelspec"] = {"name": "visualsearch", "display_name": "Python (visualsearch)", "language": "python"}
-nb["metadata"]["language_info"] = {"name": "python"}
-out = ROOT / "notebooks" / "cfq_evaluation.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+nb.write("cfq_evaluation")

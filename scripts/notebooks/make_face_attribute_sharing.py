@@ -1,22 +1,8 @@
 """Build notebooks/face_attribute_sharing.ipynb (no outputs). Run: .venv/bin/python scripts/notebooks/make_face_attribute_sharing.py"""
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat as nbf
-
-ROOT = Path(__file__).resolve().parents[2]
-cells = []
-
-
-def md(s):
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = tags
-    cells.append(c)
-
+nb = NotebookBuilder()
+md, code = nb.md, nb.code
 
 md("""
 # Deep Architectures for Face Attributes: how deep should each attribute branch from an identity network?
@@ -242,9 +228,4 @@ code("""
 rep.claims_table()
 """)
 
-nb = nbf.v4.new_notebook()
-nb.cells = cells
-nb.metadata["kernelspec"] = {"name": "visualsearch", "display_name": "Python (visualsearch)", "language": "python"}
-nb.metadata["language_info"] = {"name": "python"}
-nbf.write(nb, ROOT / "notebooks" / "face_attribute_sharing.ipynb")
-print("wrote notebooks/face_attribute_sharing.ipynb")
+nb.write("face_attribute_sharing")

@@ -1,22 +1,8 @@
 """Build notebooks/maaf_ablations.ipynb (no outputs). Run: .venv/bin/python scripts/notebooks/make_maaf_ablations.py"""
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat as nbf
-
-ROOT = Path(__file__).resolve().parents[2]
-cells = []
-
-
-def md(s):
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = tags
-    cells.append(c)
-
+nb = NotebookBuilder()
+md, code = nb.md, nb.code
 
 md("""
 # Modality-Agnostic Attention Fusion (MAAF) for visual search with text feedback
@@ -133,7 +119,7 @@ rep.table("run_costs", costs, data="this machine", note="training wall time and 
 code("""
 def by_method(dataset):
     return {mr.method_name("maaf" if r.name == "MAAF" else r.name): results[(dataset, r.name)]
-            for r in runs if r.dataset == dataset and not r.name.startswith("ablation")}
+            for r in runs if r.dataset == dataset and not r.name.startswith(("ablation", "MAAF, seed"))}
 """)
 
 md("""
@@ -189,12 +175,16 @@ md("""
 
 One row per switch of the authors' code, each trained exactly like the full model; `change` is the row's
 (R@10+R@50)/2 minus the full model's. The paper's own ablation numbers are not known to us (not transcribed),
-so the `reported` column stays empty. Differences of a point or two are within run-to-run noise at this size.
+so the `reported` column stays empty. The full model is also trained with other seeds (`reference_seeds`):
+the spread between those rows is the noise of a single run at this size, and a change smaller than it says
+nothing.
 """)
 
 code("""
 if "fashioniq" in data and p.ablations:
     ablation_results = {"MAAF (full model)": results[("fashioniq", "MAAF")]}
+    ablation_results.update({f"MAAF (full model), {r.name.split(', ')[1]}": results[("fashioniq", r.name)]
+                             for r in runs if r.name.startswith("MAAF, seed")})
     ablation_results.update({r.name.removeprefix("ablation: "): results[("fashioniq", r.name)]
                              for r in runs if r.name.startswith("ablation")})
     switches = {row["name"]: ", ".join(f"{k}={v}" for k, v in row["change"].items()) for row in p.ablations}
@@ -272,8 +262,7 @@ Training loss of every Fashion IQ model, and validation Recall@10 (dress) of MAA
 
 code("""
 if "fashioniq" in data:
-    fig = mr.curves_figure({mr.method_name(r.name if r.name != "MAAF" else "maaf"): results[("fashioniq", r.name)]
-                            for r in runs if r.dataset == "fashioniq" and not r.name.startswith("ablation")})
+    fig = mr.curves_figure(by_method("fashioniq"))
     rep.figure("training_curves_fashioniq", fig, data=data["fashioniq"].description)
 """)
 
@@ -306,10 +295,4 @@ if "css" in data:
 rep.claims_table()
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"name": "visualsearch", "display_name": "visualsearch", "language": "python"},
-                  "language_info": {"name": "python"}}
-out = ROOT / "notebooks" / "maaf_ablations.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+nb.write("maaf_ablations")

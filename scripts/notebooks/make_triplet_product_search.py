@@ -1,22 +1,8 @@
 """Build notebooks/triplet_product_search.ipynb (no outputs). Run: .venv/bin/python scripts/notebooks/make_triplet_product_search.py"""
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat as nbf
-
-ROOT = Path(__file__).resolve().parents[2]
-cells = []
-
-
-def md(s):
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s, tags=None):
-    c = nbf.v4.new_code_cell(s.strip())
-    if tags:
-        c.metadata["tags"] = tags
-    cells.append(c)
-
+nb = NotebookBuilder()
+md, code = nb.md, nb.code
 
 md("""
 # Product visual search with a triplet loss and online sampling
@@ -286,10 +272,4 @@ md("""
   they cannot help and may hurt, since those batches rarely hold negatives of another category.
 """)
 
-nb = nbf.v4.new_notebook()
-nb.cells = cells
-nb.metadata["kernelspec"] = {"name": "visualsearch", "display_name": "Python (visualsearch)", "language": "python"}
-nb.metadata["language_info"] = {"name": "python"}
-out = ROOT / "notebooks" / "triplet_product_search.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+nb.write("triplet_product_search")

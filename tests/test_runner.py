@@ -36,3 +36,18 @@ def test_unknown_notebook_is_refused_with_the_list(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "visualsearch.runner", "--only", "no_such_notebook",
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown notebook(s) no_such_notebook" in proc.stderr
+
+
+def test_run_times_are_kept_per_notebook_and_for_the_full_set(tmp_path):
+    from visualsearch.runner import ALL, record_times
+
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results" / "run_times.json"
+    path.write_text(json.dumps({"default": {"cold_s": 501.4, "warm_s": 23.0}}))  # the older, mixed format
+    assert record_times(tmp_path, "default", "maaf_ablations", 500.0, warm=False) == {"cold_s": 500.0}
+    assert record_times(tmp_path, "default", "maaf_ablations", 20.04, warm=True) == {"cold_s": 500.0, "warm_s": 20.0}
+    record_times(tmp_path, "default", ALL, 1800.0, warm=False)
+    record_times(tmp_path, "smoke", "maaf_ablations", 60.0, warm=False)
+    times = json.loads(path.read_text())
+    assert times["default"] == {"maaf_ablations": {"cold_s": 500.0, "warm_s": 20.0}, ALL: {"cold_s": 1800.0}}
+    assert times["smoke"] == {"maaf_ablations": {"cold_s": 60.0}}

@@ -102,17 +102,23 @@ def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, devi
     return run
 
 
+ALL = "all notebooks"  # the run_times.json label of a run of every notebook
+
+
 def _times_file(out_dir: Path) -> Path:
     return out_dir / "results" / "run_times.json"
 
 
-def record_times(out_dir: Path, preset: str, total_s: float, warm: bool) -> dict:
-    """Keep the last cold (something trained) and warm (all from cache) total times per preset."""
+def record_times(out_dir: Path, preset: str, label: str, wall_s: float, warm: bool) -> dict:
+    """Keep the last cold (something trained) and warm (all from cache) time per preset and per `label`:
+    a notebook's name, or "all notebooks" for a run of every notebook. Returns {cold_s, warm_s} of `label`."""
     path = _times_file(out_dir)
     times = json.loads(path.read_text()) if path.is_file() else {}
-    times.setdefault(preset, {})["warm_s" if warm else "cold_s"] = round(total_s, 1)
+    if any(not isinstance(v, dict) for v in times.get(preset, {}).values()):
+        times[preset] = {}  # an older file kept one total per preset, whatever notebooks ran: start afresh
+    times.setdefault(preset, {}).setdefault(label, {})["warm_s" if warm else "cold_s"] = round(wall_s, 1)
     atomic.write_text(path, json.dumps(times, indent=1, sort_keys=True))
-    return times[preset]
+    return times[preset][label]
 
 
 def _cache_was_warm(out_dir: Path, runs: list[NotebookRun]) -> bool:
@@ -125,6 +131,10 @@ def _cache_was_warm(out_dir: Path, runs: list[NotebookRun]) -> bool:
                 if cache.get("computed"):
                     return False
     return True
+
+
+def _times_text(times: dict) -> str:
+    return f"last cold run {times.get('cold_s', '?')} s, last warm-cache run {times.get('warm_s', '?')} s"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -193,19 +203,25 @@ def main(argv=None) -> int:
     summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset} for r in runs]
     write_index(out_dir, summary=summary)
     ok = all(r.status == "ok" for r in runs)
-    times = record_times(out_dir, args.preset, total, warm=_cache_was_warm(out_dir, runs)) if ok else {}
+    every = sorted(names) == sorted(available())
+    times = {r.notebook: record_times(out_dir, args.preset, r.notebook, r.wall_s, _cache_was_warm(out_dir, [r]))
+             for r in runs if r.status == "ok"}
+    if ok and every:
+        times[ALL] = record_times(out_dir, args.preset, ALL, total, warm=_cache_was_warm(out_dir, runs))
 
     print("\nsummary")
     for r in runs:
         tables = [p.name for p in r.written if p.suffix == ".csv"]
         figures = [p.name for p in r.written if p.suffix == ".png"]
         print(f"  {r.notebook:32s} {r.status:7s} {r.wall_s:7.0f} s   {len(tables)} tables, {len(figures)} figures")
+        if r.notebook in times:
+            print(f"    preset '{args.preset}': {_times_text(times[r.notebook])}")
         if tables:
             print(f"    tables:  {', '.join(tables)}")
         if figures:
             print(f"    figures: {', '.join(figures)}")
-    print(f"  total {total:.0f} s; preset '{args.preset}' last cold run {times.get('cold_s', '?')} s, "
-          f"last warm-cache run {times.get('warm_s', '?')} s")
+    print(f"  total {total:.0f} s" + (f"; all notebooks, preset '{args.preset}': {_times_text(times[ALL])}"
+                                       if ALL in times else ""))
     print(f"  index of every table and figure: {out_dir / 'results' / 'index.md'}")
     for r in runs:
         if r.status != "ok":

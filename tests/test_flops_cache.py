@@ -54,3 +54,34 @@ def test_code_version_follows_the_loaded_library_modules():
         sys.modules[name] = mod
     importlib.import_module(name)
     assert code_version() == before
+
+
+def test_code_version_does_not_depend_on_which_lazy_imports_have_run():
+    """face_attributes imports `evaluate` inside a function; whether that function ran (a cache miss) or was
+    skipped (a hit) must not change the version, or every later cached result is recomputed on a rerun."""
+    import subprocess
+    import sys
+
+    prog = ("import sys; import visualsearch.face_attributes{extra}; from visualsearch.cache import code_version; "
+            "print('evaluate' in str(sorted(sys.modules)), code_version())")
+    out = [subprocess.run([sys.executable, "-c", prog.format(extra=extra)], capture_output=True, text=True,
+                          check=True).stdout.split() for extra in ("", ", visualsearch.evaluate")]
+    assert out[0][0] == "False" and out[1][0] == "True"  # the lazy module loaded in the second process only
+    assert out[0][1] == out[1][1]
+
+
+def test_import_closure_follows_relative_absolute_and_function_level_imports(tmp_path):
+    from visualsearch.cache import import_closure
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import b\n\ndef f():\n    from . import c\n")
+    (pkg / "sub" / "b.py").write_text("from ..d import x\nimport os\n")
+    (pkg / "c.py").write_text("import pkg.e\n")
+    (pkg / "d.py").write_text("x = 1\n")
+    (pkg / "e.py").write_text("")
+    (pkg / "unused.py").write_text("")
+    names = {p.relative_to(pkg).as_posix() for p in import_closure(["pkg.a"], pkg, "pkg")}
+    assert names == {"__init__.py", "a.py", "sub/__init__.py", "sub/b.py", "c.py", "d.py", "e.py"}

@@ -51,3 +51,17 @@ def test_run_times_are_kept_per_notebook_and_for_the_full_set(tmp_path):
     times = json.loads(path.read_text())
     assert times["default"] == {"maaf_ablations": {"cold_s": 500.0, "warm_s": 20.0}, ALL: {"cold_s": 1800.0}}
     assert times["smoke"] == {"maaf_ablations": {"cold_s": 60.0}}
+
+
+def test_set_items_become_nested_overrides_that_the_config_validates():
+    from visualsearch.config import ConfigError, load_params
+    from visualsearch.runner import parse_overrides
+
+    o = parse_overrides(["model.input_size=48", "finetune.steps=300", "seeds=[0, 1, 2]", "model.widths=[8, 8, 8, 8]"])
+    assert o == {"model": {"input_size": 48, "widths": [8, 8, 8, 8]}, "finetune": {"steps": 300}, "seeds": [0, 1, 2]}
+    p = load_params("face_attribute_sharing", "smoke", o)
+    assert p["model"]["input_size"] == 48 and p["finetune"]["steps"] == 300 and p["finetune"]["batch_size"] == 32
+    with pytest.raises(ConfigError, match="model.input_sise"):
+        load_params("face_attribute_sharing", "smoke", parse_overrides(["model.input_sise=48"]))
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["model.input_size"])

@@ -7,6 +7,7 @@ invalidates what it produced while a change to a notebook's markdown does not.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -32,17 +33,74 @@ def _hash_files(files: tuple) -> str:
     return h.hexdigest()[:12]
 
 
+def _module_file(name: str, lib: Path, package: str) -> Path | None:
+    """The source file of library module `name` (package.a.b -> lib/a/b.py or lib/a/b/__init__.py)."""
+    parts = name.split(".")
+    if parts[0] != package:
+        return None
+    base = lib.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+@lru_cache(maxsize=512)
+def _imports_of(path: str, mtime: float, name: str, package: str) -> tuple[str, ...]:
+    """Library modules that the source of module `name` imports anywhere, function bodies included."""
+    tree = ast.parse(Path(path).read_text(), filename=path)
+    is_package = Path(path).name == "__init__.py"
+    here = name.split(".") if is_package else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == package)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[:len(here) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != package:
+                continue
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names)  # `from . import atomic` names a module
+    return tuple(sorted(found))
+
+
+def import_closure(names, lib: Path, package: str = "visualsearch") -> list[Path]:
+    """Source files of library modules `names` and of every library module they import, directly or not,
+    at module level or inside functions (read from the source, not from what has run)."""
+    files, todo, seen = set(), list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name, lib, package)
+        if path is None:
+            continue
+        files.add(path)
+        todo.extend(_imports_of(str(path), path.stat().st_mtime, name, package))
+        parent = name.rpartition(".")[0]
+        if parent:
+            todo.append(parent)  # importing a.b runs a/__init__.py too
+    return sorted(files)
+
+
 def code_version() -> str:
-    """Hash of the sources of the library modules loaded in this process.
+    """Hash of the sources of the library modules this process uses: the ones loaded, and every library
+    module those import anywhere in their source.
 
     A notebook imports only what it uses, so a change to the MAAF model does not invalidate the triplet
-    notebook's cached training, while a change to anything the triplet notebook ran (its loss, the training
-    loop, the evaluator) does."""
+    notebook's cached training, while a change to anything the triplet notebook can run (its loss, the training
+    loop, the evaluator) does. Imports inside functions count whether or not they have run yet: otherwise a
+    cache hit that skips such a function would change the version, and everything computed after it."""
     lib = Path(__file__).resolve().parent
-    files = sorted({str(Path(m.__file__).resolve()) for name, m in list(sys.modules.items())
-                    if (name == "visualsearch" or name.startswith("visualsearch.")) and getattr(m, "__file__", None)
-                    and Path(m.__file__).resolve().is_relative_to(lib)})
-    return _hash_files(tuple(files))
+    loaded = [name for name, m in list(sys.modules.items())
+              if (name == "visualsearch" or name.startswith("visualsearch.")) and getattr(m, "__file__", None)
+              and Path(m.__file__).resolve().is_relative_to(lib)]
+    return _hash_files(tuple(str(f) for f in import_closure(loaded, lib)))
 
 
 class ResultCache:

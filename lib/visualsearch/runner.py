@@ -146,9 +146,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--out", default=None, help="write OUT/results and OUT/figures (default: the repository)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter in every notebook run (value parsed as YAML)")
+                    help="override a parameter in every notebook run (value parsed as YAML; section.key for nested ones)")
     ap.add_argument("--cell-timeout", type=int, default=3600, help="seconds allowed per cell")
     return ap.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--set KEY=VALUE items as a parameter mapping; VALUE is parsed as YAML, and a dotted KEY
+    (model.input_size=48) sets one field of a section."""
+    overrides: dict = {}
+    for item in items:
+        if "=" not in item:
+            sys.exit(f"error: --set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        *parents, leaf = k.strip().split(".")
+        section = overrides
+        for name in parents:
+            section = section.setdefault(name, {})
+            if not isinstance(section, dict):
+                sys.exit(f"error: --set {item}: '{name}' was already set to a value, not a section")
+        section[leaf] = yaml.safe_load(v)
+    return overrides
 
 
 def _check_kernel() -> None:
@@ -172,12 +190,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: no notebooks found in {notebooks_dir()}")
     if args.data_root and not Path(args.data_root).is_dir():
         sys.exit(f"error: --data-root {args.data_root} is not a folder")
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            sys.exit(f"error: --set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    overrides = parse_overrides(args.set)
     _check_kernel()
     out_dir = Path(args.out).resolve() if args.out else repo_root()
     jobs = max(1, args.jobs)

@@ -150,6 +150,16 @@ control
 """)
 
 md("""
+**How firm these are.** The default preset was cut to fit 10 minutes on 2 cores (40 px input, 1000 trunk
+steps, 200 fine-tuning steps). A larger run of the same notebook (48 px, 1200 and 300 steps: 1235 s on 2
+cores, 2026-11-27) gave the same picture for emotion (+0.198 over head-only, seed spread 0.016), age
+(+0.056, spread 0.038) and ethnicity (+0.019), but there **gender gained +0.102, more than half of emotion's
+gain, and the "gender gains little" check failed**. Read that check as fragile on this world. To rerun the
+larger setting: `./run_all.sh --only face_attribute_sharing --set model.input_size=48 --set trunk.steps=1200
+--set finetune.steps=300`.
+""")
+
+md("""
 ## 3. The sharing pattern within 1 GFLOP
 
 A pattern gives each attribute a branch depth. One forward pass runs the shared trunk up to the deepest branch

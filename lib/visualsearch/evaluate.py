@@ -24,21 +24,29 @@ class TopK:
 GROUP = 16  # columns per group in the two-level top-k of a block (see _block_top)
 
 
-def _block_top(scores: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The m best (score, column) of each row of one score block, in no particular tie order.
+def _block_top(scores: torch.Tensor, m: int, floor: torch.Tensor | None = None):
+    """The m best (score, column) of each row of one score block, in no particular tie order; with `floor`
+    ([rows, 1], each row's current m-th best score from earlier blocks) only items that can still enter
+    that top m are guaranteed, and (None, None) means none can.
 
     Wide blocks are cut into groups of GROUP columns; a group whose maximum is not among the m largest
-    group maxima cannot hold any of the m best items (m other groups each hold a larger one), so the top-m
-    is taken over the m best groups only: one max-pool pass instead of a top-k over every column.
+    group maxima cannot hold any of the m best items (m other groups each hold a larger one), and a group
+    whose maximum is below the floor cannot either. So the top is taken over the few surviving groups only:
+    one max-pool pass over the block instead of a top-k over every column.
     """
     q, g = scores.shape
     m = min(m, g)
     if g % GROUP or g < 4 * m * GROUP:
         return scores.topk(m, dim=1)
     group_max = torch.nn.functional.max_pool1d(scores.unsqueeze(1), GROUP).squeeze(1)   # [q, g / GROUP]
-    groups = group_max.topk(m, dim=1).indices                                           # [q, m]
-    cols = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP)).view(q, -1)              # [q, m * GROUP]
-    top_s, pos = scores.gather(1, cols).topk(m, dim=1)
+    n = m
+    if floor is not None:
+        n = min(m, int((group_max >= floor).sum(1).max()))  # groups that can still matter, in the worst row
+        if n == 0:
+            return None, None
+    groups = group_max.topk(n, dim=1).indices                                           # [q, n]
+    cols = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP)).view(q, -1)              # [q, n * GROUP]
+    top_s, pos = scores.gather(1, cols).topk(min(m, n * GROUP), dim=1)
     return top_s, cols.gather(1, pos)
 
 
@@ -56,7 +64,9 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
     holding one gallery index to drop per query (-1 for none), e.g. the reference image in Fashion IQ.
     k is capped at the number of retrievable items. Memory is O(chunk_size x gallery_chunk_size).
     Ties are broken by the lower gallery index: every block contributes its k+1 best; where the k+1 best
-    of a query hold equal scores, that query's row is recomputed and stably sorted.
+    of a query hold equal scores, that query's row is recomputed and stably sorted. "Equal" means equal float32
+    scores as computed: a gallery vector duplicated in two gallery blocks can score one ulp apart there (BLAS
+    sums in a different order for blocks of other widths), and the pair is then ordered by those scores.
     """
     queries, gallery = queries.float(), gallery.float()
     nq, ng = queries.shape[0], gallery.shape[0]
@@ -99,14 +109,19 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
     out_i = torch.empty(nq, k, dtype=torch.long)
     for q0 in range(0, nq, chunk_size):
         q1 = min(q0 + chunk_size, nq)
-        cand_s, cand_i = [], []
+        s = i = None  # the m best so far of each query of the chunk
         for g0 in range(0, ng, gallery_chunk_size):
             g1 = min(g0 + gallery_chunk_size, ng)
-            s, cols = _block_top(scores_of(q0, q1, g0, g1), m)
-            cand_s.append(s)
-            cand_i.append(cols + g0)
-        s, pos = torch.cat(cand_s, 1).topk(min(m, sum(c.shape[1] for c in cand_s)), dim=1)
-        i = torch.cat(cand_i, 1).gather(1, pos)
+            floor = s[:, -1:] if s is not None and s.shape[1] == m else None
+            bs, cols = _block_top(scores_of(q0, q1, g0, g1), m, floor)
+            if bs is None:  # nothing in this block reaches the m best so far
+                continue
+            if s is None:
+                s, i = bs, cols + g0
+            else:
+                both_s, both_i = torch.cat([s, bs], 1), torch.cat([i, cols + g0], 1)
+                s, pos = both_s.topk(min(m, both_s.shape[1]), dim=1)
+                i = both_i.gather(1, pos)
         tied = (s[:, 1:] == s[:, :-1]).any(1) if s.shape[1] > 1 else torch.zeros(q1 - q0, dtype=torch.bool)
         out_s[q0:q1], out_i[q0:q1] = s[:, :k], i[:, :k]
         for r in tied.nonzero().squeeze(1).tolist():

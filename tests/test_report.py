@@ -96,3 +96,24 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):
 def test_markdown_table_escapes_and_blanks():
     md = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [float("nan")]}))
     assert "x\\|y" in md and md.strip().endswith("| x\\|y |  |")
+
+
+def test_git_state_is_dirty_for_code_changes_not_for_written_results(tmp_path):
+    import subprocess
+
+    from visualsearch.report import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "t.csv").write_text("b\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True

@@ -46,12 +46,18 @@ def figsize(kind: str = "single") -> tuple[float, float]:
     return FIGSIZES[kind]
 
 
+OUTPUT_DIRS = ("results", "figures")  # what the notebooks write: not part of the code a result came from
+
+
 def git_state(root: Path | None = None) -> dict:
+    """The commit, and whether the code differs from it: changes under results/ and figures/ do not count,
+    since a run writes there itself (every result of a run over a clean checkout would read dirty)."""
     root = root or repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or "unknown"
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                                    + [f":(exclude){d}" for d in OUTPUT_DIRS], cwd=root,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", None

@@ -38,31 +38,32 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path):
     assert cache.get_or_compute("run", {"k": 1}, lambda: 42) == 42
 
 
-def test_code_version_follows_the_library_modules_in_use():
-    """Stable within a process; another set of modules in use (here the MAAF code besides the FLOP counter)
-    gives another version, so a change to the MAAF model cannot invalidate a notebook that never uses it."""
+def _in_fresh_process(imports: str, expression: str) -> str:
+    """Print `expression` (code_version and sys in scope) in a new Python process after `imports`."""
     import subprocess
     import sys
 
+    prog = f"import sys; {imports}; from visualsearch.cache import code_version; print({expression})"
+    return subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_code_version_follows_the_library_modules_in_use():
+    """Stable within a process; another set of modules in use (here the MAAF code besides the FLOP counter)
+    gives another version, so a change to the MAAF model cannot invalidate a notebook that never uses it."""
     from visualsearch.cache import code_version
 
     assert code_version() == code_version()
-    prog = "import visualsearch.flops{extra}; from visualsearch.cache import code_version; print(code_version())"
-    versions = {subprocess.run([sys.executable, "-c", prog.format(extra=extra)], capture_output=True, text=True,
-                               check=True).stdout.strip() for extra in ("", ", visualsearch.maaf_experiments")}
+    versions = {_in_fresh_process(f"import visualsearch.flops{extra}", "code_version()")
+                for extra in ("", ", visualsearch.maaf_experiments")}
     assert len(versions) == 2
 
 
 def test_code_version_does_not_depend_on_which_lazy_imports_have_run():
     """face_attributes imports `evaluate` inside a function; whether that function ran (a cache miss) or was
     skipped (a hit) must not change the version, or every later cached result is recomputed on a rerun."""
-    import subprocess
-    import sys
-
-    prog = ("import sys; import visualsearch.face_attributes{extra}; from visualsearch.cache import code_version; "
-            "print('evaluate' in str(sorted(sys.modules)), code_version())")
-    out = [subprocess.run([sys.executable, "-c", prog.format(extra=extra)], capture_output=True, text=True,
-                          check=True).stdout.split() for extra in ("", ", visualsearch.evaluate")]
+    out = [_in_fresh_process(f"import visualsearch.face_attributes{extra}",
+                             "'visualsearch.evaluate' in sys.modules, code_version()").split()
+           for extra in ("", ", visualsearch.evaluate")]
     assert out[0][0] == "False" and out[1][0] == "True"  # the lazy module loaded in the second process only
     assert out[0][1] == out[1][1]
 

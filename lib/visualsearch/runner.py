@@ -217,10 +217,11 @@ def main(argv=None) -> int:
     write_index(out_dir, summary=summary)
     ok = all(r.status == "ok" for r in runs)
     every = sorted(names) == sorted(available())
-    times = {r.notebook: record_times(out_dir, args.preset, r.notebook, r.wall_s, _cache_was_warm(out_dir, [r]))
-             for r in runs if r.status == "ok"}
+    warm = {r.notebook: _cache_was_warm(out_dir, [r]) for r in runs if r.status == "ok"}
+    times = {r.notebook: record_times(out_dir, args.preset, r.notebook, r.wall_s, warm[r.notebook])
+             for r in runs if r.notebook in warm}
     if ok and every:
-        times[ALL] = record_times(out_dir, args.preset, ALL, total, warm=_cache_was_warm(out_dir, runs))
+        times[ALL] = record_times(out_dir, args.preset, ALL, total, warm=all(warm.values()))
 
     print("\nsummary")
     for r in runs:

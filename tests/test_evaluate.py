@@ -96,8 +96,8 @@ def test_bad_arguments_are_named():
         retrieve(g, g, 2, exclude="others")
 
 
-def test_two_level_topk_path_matches_naive_with_ties():
-    """Blocks wide enough for the grouped candidate path (see evaluate._candidates), with many ties."""
+def test_wide_blocks_match_naive_with_ties():
+    """Wide blocks with many ties: the compiled merge must keep the lower index among equal scores."""
     torch.manual_seed(3)
     g = torch.randint(-3, 4, (4096, 3)).float()
     q = torch.randint(-3, 4, (6, 3)).float()
@@ -105,12 +105,12 @@ def test_two_level_topk_path_matches_naive_with_ties():
     assert torch.equal(top.indices, naive_topk(q, g, 5))
     q, g = torch.randn(20, 8), torch.randn(8192, 8)
     a = retrieve(q, g, k=10, gallery_chunk_size=8192)
-    b = retrieve(q, g, k=10, gallery_chunk_size=100)   # narrow blocks: plain top-k path
+    b = retrieve(q, g, k=10, gallery_chunk_size=100)   # narrow blocks: many merges into the running top
     assert torch.equal(a.indices, b.indices)
 
 
-def test_blocks_pruned_by_the_running_floor_give_the_exact_top_k():
-    """Later gallery blocks keep only groups that can still enter the top k so far; with exclusion, ties and
+def test_running_top_over_uneven_blocks_gives_the_exact_top_k():
+    """Later gallery blocks only insert items that beat the running k-th score; with exclusion, ties and
     blocks of uneven width the result must equal a stable sort of the full score matrix."""
     torch.manual_seed(5)
     q = torch.randint(-2, 3, (37, 6)).float()
@@ -125,3 +125,24 @@ def test_blocks_pruned_by_the_running_floor_give_the_exact_top_k():
     qf, gf = torch.randn(50, 32), torch.randn(30000, 32)
     want = (-(qf @ gf.T)).argsort(dim=1, stable=True)[:, :20]
     assert torch.equal(retrieve(qf, gf, k=20, gallery_chunk_size=4096).indices, want)
+
+
+def test_non_finite_embeddings_are_named():
+    """A NaN never beats a running k-th score, so it would silently drop out of every ranking: refuse it."""
+    g = torch.randn(6, 3)
+    q = torch.randn(4, 3)
+    q[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"queries hold NaN or infinite values in 1 rows \(first: \[2\]\)"):
+        retrieve(q, g, 2)
+    g[5, 0] = float("inf")
+    with pytest.raises(ValueError, match="gallery hold NaN"):
+        retrieve(torch.randn(4, 3), g, 2)
+
+
+def test_scores_are_returned_best_first_with_their_indices():
+    torch.manual_seed(4)
+    q, g = torch.randn(30, 8), torch.randn(3000, 8)
+    top = retrieve(q, g, k=7, chunk_size=8, gallery_chunk_size=256)
+    assert (top.scores[:, :-1] >= top.scores[:, 1:]).all()
+    assert torch.allclose(top.scores, (q @ g.T).gather(1, top.indices), atol=1e-5)
+    assert top.indices.dtype == torch.long and top.scores.dtype == torch.float32

@@ -28,15 +28,25 @@ def test_experiment_grid_covers_every_run_and_benchmark(out):
 
 def test_claims_recorded_with_margins(out):
     claims = pd.read_csv(out / "results" / "cfq_evaluation" / "claims.csv")
-    assert len(claims) == 3
+    assert len(claims) == 4  # the paper's three on the grid + pretraining vs none on the smoke sweep's share
+    assert claims["claim"].iloc[3].startswith("With scarce") and "on 90 FIQ pairs" in claims["detail"].iloc[3]
     assert claims["detail"].str.contains(r"\(\+|\(-", regex=True).all()  # every detail states signed margins
 
 
 def test_figures_and_provenance(out):
     figures = out / "figures" / "cfq_evaluation"
-    for name in ("judgment_histogram", "figure1_examples", "training_curves"):
+    for name in ("judgment_histogram", "figure1_examples", "training_curves", "data_limited"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file(), name
     side = json.loads((out / "results" / "cfq_evaluation" / "experiment_grid.provenance.json").read_text())
     skipped = side["skipped_inputs"]["synthetic products (CFQ format)"]
     assert skipped["by_reason"]["missing image"] == 3  # the synthetic CFQ leaves 3 images out, as the release
     assert (out / "results" / "cfq_evaluation" / "cfq_by_threshold.csv").is_file()
+
+
+def test_data_limited_sweep_uses_nested_shares_of_the_training_pairs(out):
+    table = pd.read_csv(out / "results" / "cfq_evaluation" / "data_limited.csv")
+    assert set(table["method"]) == {RUN_LABELS["clip-fiq"], RUN_LABELS["scratch-fiq"]}  # the smoke preset's runs
+    assert sorted(set(table["FIQ training pairs"])) == [90, 180]   # half of the smoke world's 180 pairs, and all
+    assert set(table["share"]) == {0.5, 1.0}
+    assert table.groupby(["method", "FIQ training pairs"]).size().eq(4).all()  # the four headline numbers each
+    assert table["reproduced"].between(0, 100).all()

@@ -58,14 +58,19 @@ def test_stored_state_leaves_out_the_frozen_minilm():
 
 
 class _Results:
-    """The part of CFQExperiment that `compare` reads."""
+    """The part of CFQExperiment that `compare` and `check_claims` read: full-data numbers per run and,
+    optionally, numbers per (run, share) of the data-limited sweep."""
 
-    def __init__(self, numbers):
-        self.results = {r: {} for r in numbers}
-        self.numbers = numbers
+    def __init__(self, numbers, limited=None):
+        self.results = {r: {"numbers": v} for r, v in numbers.items()}
+        self.limited = {key: {"numbers": v} for key, v in (limited or {}).items()}
+        self.p = {"data_limited": {"shares": sorted({share for _, share in self.limited})}}
 
-    def headline(self, run):
-        return dict(zip(cx.HEADLINE, self.numbers[run]))
+    def headline(self, run, res=None):
+        return dict(zip(cx.HEADLINE, (self.results[run] if res is None else res)["numbers"]))
+
+    def fiq_pairs(self, share):
+        return range(round(600 * share))
 
 
 class _Rep:
@@ -85,3 +90,23 @@ def test_claims_need_every_headline_number():
     assert [c["passed"] for c in out] == [True, False, True]  # raf-imfq-fiq loses similar mAP (71 < 72)
     assert "(-1.0)" in out[1]["detail"] and "(+10.0)" in out[0]["detail"]
     assert len(rep.checks) == 3
+
+
+def test_scarce_data_claims_need_every_share():
+    """The sweep's checks hold only if the comparison holds at every share; the detail names the pair counts."""
+    numbers = {"clip-fiq": (50, 60, 70, 80), "scratch-fiq": (55, 59, 69, 79), "raf-fiq": (52, 62, 72, 82),
+               "af-fiq": (51, 61, 70, 80)}
+    limited = {("clip-fiq", 0.25): (40, 60, 70, 80), ("scratch-fiq", 0.25): (30, 50, 60, 70),
+               ("clip-fiq", 0.5): (45, 60, 70, 80), ("scratch-fiq", 0.5): (44, 59, 71, 79)}
+    rep = _Rep()
+    out = cx.check_claims(_Results(numbers, limited), rep)
+    by_claim = {c["claim"]: c for c in out}
+    assert not by_claim["Multimodal pretraining helps over none (CLIP VA + FIQ beats the same model trained on FIQ "
+                        "from scratch)"]["passed"]                    # FIQ recall 50 < 55 on the full data
+    scarce = [c for c in out if c["claim"].startswith("With scarce")]
+    assert len(scarce) == 1                                           # RAF and AF were not swept: no check
+    assert not scarce[0]["passed"]                                    # similar mAP 70 < 71 on 300 pairs
+    assert "on 150 FIQ pairs" in scarce[0]["detail"] and "on 300 FIQ pairs" in scarce[0]["detail"]
+    limited[("scratch-fiq", 0.5)] = (44, 59, 69, 79)
+    out = cx.check_claims(_Results(numbers, limited), _Rep())
+    assert [c["passed"] for c in out if c["claim"].startswith("With scarce")] == [True]

@@ -15,6 +15,11 @@ The grid (`RUNS`) is the paper's plus one arm the paper's claim needs and its gr
 CLIP VA with a never-pretrained dual encoder trained end to end on Fashion IQ (BatchNorm trainable, all
 parameters at the new-parameter rate), the "no multimodal pretraining" baseline.
 
+Beyond the paper, a data-limited sweep (`data_limited` in the presets) retrains some runs on nested shares
+of the Fashion IQ-style training pairs: the paper fine-tunes a model pretrained on 400M pairs with 18k
+triplets, while the embedded default's pretraining corpus is a few thousand captions, so how much the
+pretraining is worth may hinge on how little task data there is.
+
 Small-scale choices (each stated where a table is written):
 - With `model.freeze_backbone` (the embedded default), the image backbone is frozen after pretraining and
   its features are computed once (the paper trains the pretrained weights at one tenth of the new weights'
@@ -435,7 +440,8 @@ class CFQExperiment:
         self.data = prepare_data(p, self.bank)
         self._tokens = None
         self._features = None
-        self.results: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
+        self.limited: dict[tuple[str, float], dict] = {}      # (run, share of FIQ pairs) -> result
         self.timings: dict[str, float] = {}
 
     # -- keys
@@ -511,20 +517,32 @@ class CFQExperiment:
         return model.to(self.device), inputs
 
     # -- runs
-    def run_key(self, run: str) -> dict:
+    def run_key(self, run: str, fiq_share: float = 1.0) -> dict:
         kind, stages, pretrained = RUNS[run]
         t = self.p["train"]
         return {"run": run, "kind": kind, "stages": list(stages), "train": {s: dict(t[s]) for s in stages},
                 "va_lr": t["va_lr"], "pretrain": self.pretrain_key() if pretrained else None,
                 "model": dict(self.p["model"]), "seed": self.p["seed"], "data": self.data_key(),
-                "group_by": self.p["eval"]["group_by"]}
+                "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share}
 
-    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str):
+    def fiq_pairs(self, share: float = 1.0) -> PairSet:
+        """The first round(share x N) Fashion IQ-style training pairs of one permutation drawn with the seed:
+        a smaller share is a subset of every larger one, so the sweep only ever removes data."""
+        pairs = self.data.fiq_train
+        if not 0 < share <= 1:
+            raise ValueError(f"a share of the Fashion IQ training pairs must be in (0, 1], got {share}")
+        if share == 1:
+            return pairs
+        n = max(1, round(share * len(pairs)))
+        keep = np.sort(np.random.default_rng(step_seed(self.p["seed"], 0, 7)).permutation(len(pairs))[:n])
+        return PairSet(pairs.refs[keep], pairs.targets[keep], [pairs.captions[i] for i in keep])
+
+    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0):
         from .train import TrainConfig, train
 
         kind, _, pretrained = RUNS[run]
         t = self.p["train"][stage]
-        pairs = self.data.fiq_train if stage == "fiq" else self.data.imfq_train
+        pairs = self.fiq_pairs(fiq_share) if stage == "fiq" else self.data.imfq_train
         if kind == "va" and pretrained:  # the paper's CLIP VA baseline: one low rate everywhere
             lr, scale = self.p["train"]["va_lr"], 1.0
         else:
@@ -537,22 +555,41 @@ class CFQExperiment:
         batches = composed_batches(pairs, inputs, t["batch_size"], cfg.seed)
         return train(model, composed_step, batches, cfg, param_groups=model.param_groups(scale)).log
 
-    def run(self, run: str) -> dict:
-        """Train (if the run has stages) and evaluate one run of the grid; cached."""
+    def run(self, run: str, fiq_share: float = 1.0) -> dict:
+        """Train (if the run has stages) and evaluate one run of the grid, its Fashion IQ stage on `fiq_share`
+        of the training pairs (same steps and rates); cached."""
         def compute():
             start = time.time()
             model, inputs = self.build(run)
             logs = {}
             for stage in RUNS[run][1]:
-                logs[stage] = self.train_stage(model, inputs, run, stage)
+                logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share)
             train_s = time.time() - start
             metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
             return {**metrics, "logs": logs, "train_s": train_s, "wall_s": time.time() - start}
 
-        out = self.cache.get_or_compute("cfq_run", self.run_key(run), compute)
-        self.results[run] = out
-        self.timings[run] = out["wall_s"]
+        out = self.cache.get_or_compute("cfq_run", self.run_key(run, fiq_share), compute)
+        if fiq_share == 1:
+            self.results[run] = out
+            self.timings[run] = out["wall_s"]
+        else:
+            self.limited[(run, fiq_share)] = out
+            self.timings[f"{run} on {fiq_share:g} of FIQ"] = out["wall_s"]
         return out
+
+    def run_data_limited(self) -> dict:
+        """Every run of `data_limited.runs` on every share in `data_limited.shares` (the full-data runs come
+        from the grid, run here if the grid did not)."""
+        d = self.p["data_limited"]
+        for r in d["runs"]:
+            if r not in RUNS or "fiq" not in RUNS[r][1]:
+                raise ValueError(f"data_limited.runs: {r!r} is not a run with a Fashion IQ stage; "
+                                 f"expected some of {[k for k, v in RUNS.items() if 'fiq' in v[1]]}")
+            if r not in self.results:
+                self.run(r)
+            for share in d["shares"]:
+                self.run(r, float(share))
+        return self.limited
 
     def run_all(self, runs=None) -> dict:
         for r in runs or self.p["runs"]:
@@ -585,20 +622,42 @@ class CFQExperiment:
                 rows.append((RUN_LABELS[run], self.data.descriptions["cfq"], f"{r.metric} {r.label}", 100 * r.value))
         return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"])
 
-    def headline(self, run: str) -> dict:
-        res = self.results[run]
+    def data_limited_table(self) -> pd.DataFrame:
+        """Tidy rows (method, dataset = how many FIQ-style training pairs, metric, reproduced, plus the count and
+        share as columns) of the data-limited sweep, the full-data runs of the grid included."""
+        rows = []
+        runs = self.p["data_limited"]["runs"]
+        entries = [((r, 1.0), self.results[r]) for r in runs if r in self.results] + list(self.limited.items())
+        for (run, share), res in entries:
+            pairs = len(self.fiq_pairs(share))
+            for metric, v in self.headline(run, res).items():
+                rows.append((RUN_LABELS[run], f"trained on {pairs} FIQ-style pairs", metric, v, pairs, share))
+        table = pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "FIQ training pairs", "share"])
+        order = {RUN_LABELS[r]: i for i, r in enumerate(runs)}
+        table["order"] = table["method"].map(order)
+        table = table.sort_values(["order", "FIQ training pairs"], kind="stable")
+        return table.drop(columns="order").reset_index(drop=True)
+
+    def headline(self, run: str, res: dict | None = None) -> dict:
+        res = self.results[run] if res is None else res
         return {"FIQ (R@10+R@50)/2": res["fiq"]["(R@10+R@50)/2"], "CFQ accurate mAP": res["cfq_primary"]["accurate mAP"],
                 "CFQ similar mAP": res["cfq_primary"]["similar mAP"], "CFQ nDCG": res["cfq_primary"]["nDCG"]}
 
 
 # ------------------------------------------------------------------------------------------------ claims
 
-def compare(exp: CFQExperiment, better: str, worse: str) -> tuple[bool, str, dict]:
-    """Whether run `better` beats run `worse` on every headline number, with the margins."""
-    a, b = exp.headline(better), exp.headline(worse)
+def compare(exp: CFQExperiment, better: str, worse: str, fiq_share: float = 1.0) -> tuple[bool, str, dict]:
+    """Whether run `better` beats run `worse` on every headline number, with the margins; both trained on
+    `fiq_share` of the Fashion IQ-style pairs (1 = the grid, else the data-limited sweep)."""
+    def result(run):
+        return exp.results[run] if fiq_share == 1 else exp.limited[(run, fiq_share)]
+
+    a, b = exp.headline(better, result(better)), exp.headline(worse, result(worse))
     margins = {k: a[k] - b[k] for k in HEADLINE}
     ok = all(m > 0 for m in margins.values())
-    detail = f"{better} vs {worse}: " + ", ".join(f"{k} {a[k]:.1f} vs {b[k]:.1f} ({margins[k]:+.1f})" for k in HEADLINE)
+    where = "" if fiq_share == 1 else f" on {len(exp.fiq_pairs(fiq_share))} FIQ pairs"
+    detail = f"{better} vs {worse}{where}: " + ", ".join(f"{k} {a[k]:.1f} vs {b[k]:.1f} ({margins[k]:+.1f})"
+                                                          for k in HEADLINE)
     return ok, detail, margins
 
 
@@ -607,8 +666,13 @@ def check_claims(exp: CFQExperiment, rep) -> list[dict]:
     (R@10+R@50)/2 and the three CFQ primary metrics); recorded with rep.check, never raising."""
     out = []
 
+    def available(a, b, share):
+        have = exp.results if share == 1 else {r for r, s in exp.limited if s == share}
+        return a in have and b in have
+
     def record(claim, comparisons):
-        results = [compare(exp, a, b) for a, b in comparisons if a in exp.results and b in exp.results]
+        comparisons = [(a, b, share) for a, b, *rest in comparisons for share in (rest or [1.0])]
+        results = [compare(exp, a, b, share) for a, b, share in comparisons if available(a, b, share)]
         if not results:
             return
         passed = all(r[0] for r in results)
@@ -623,10 +687,50 @@ def check_claims(exp: CFQExperiment, rep) -> list[dict]:
            [("clip-imfq-fiq", "clip-fiq"), ("raf-imfq-fiq", "raf-fiq")])
     record("RAF keeps the pretrained model's advantage (beats CLIP VA fine-tuned) while AF loses part of it "
            "(RAF beats AF)", [("raf-fiq", "clip-fiq"), ("raf-fiq", "af-fiq")])
+    # The same comparisons where Fashion IQ-style data is scarce (every share of the data-limited sweep);
+    # stated as conditions of the paper's claims, not as claims the paper makes at this scale.
+    shares = [float(x) for x in exp.p["data_limited"]["shares"]]
+    if shares:
+        record("With scarce Fashion IQ-style data (every share of the data-limited sweep): multimodal pretraining "
+               "helps over none", [("clip-fiq", "scratch-fiq", *shares)])
+        record("With scarce Fashion IQ-style data (every share of the data-limited sweep): RAF keeps the pretrained "
+               "model's advantage while AF loses part of it", [("raf-fiq", "clip-fiq", *shares),
+                                                               ("raf-fiq", "af-fiq", *shares)])
     return out
 
 
 # ----------------------------------------------------------------------------------------------- figures
+
+def pretraining_margins(table: pd.DataFrame, pretrained: str = "clip-fiq", scratch: str = "scratch-fiq") -> pd.DataFrame:
+    """From data_limited_table: per number of FIQ training pairs, the pretrained run's score minus the
+    from-scratch run's on each headline number (positive = pretraining helps)."""
+    wide = table.pivot_table(index=["FIQ training pairs", "metric"], columns="method", values="reproduced")
+    a, b = RUN_LABELS[pretrained], RUN_LABELS[scratch]
+    if a not in wide or b not in wide:
+        return pd.DataFrame()
+    margin = (wide[a] - wide[b]).rename("margin").reset_index()
+    return margin.pivot(index="FIQ training pairs", columns="metric", values="margin")[list(HEADLINE)]
+
+
+def data_limited_figure(table: pd.DataFrame):
+    """Each headline number against the number of Fashion IQ-style training pairs, one line per run."""
+    import matplotlib.pyplot as plt
+
+    from .report import figsize
+
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=figsize("wide"))
+    for ax, metric in zip(axes, HEADLINE):
+        part = table[table.metric == metric]
+        for method, line in part.groupby("method", sort=False):
+            ax.plot(line["FIQ training pairs"], line["reproduced"], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_title(metric, fontsize=8)
+        ax.set_xlabel("FIQ training pairs")
+    axes[0].set_ylabel("score (%)")
+    axes[0].legend(fontsize=5)
+    fig.tight_layout()
+    return fig
+
 
 def judgment_histogram(agg: pd.DataFrame):
     """Left: share of judged pairs labelled positive at each threshold, accurate and similar. Right: the

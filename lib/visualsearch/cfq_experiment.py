@@ -724,6 +724,9 @@ def data_limited_figure(table: pd.DataFrame):
         for method, line in part.groupby("method", sort=False):
             ax.plot(line["FIQ training pairs"], line["reproduced"], marker="o", label=method)
         ax.set_xscale("log")
+        counts = sorted(part["FIQ training pairs"].unique())
+        ax.set_xticks(counts, [str(c) for c in counts], fontsize=7)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_title(metric, fontsize=8)
         ax.set_xlabel("FIQ training pairs")
     axes[0].set_ylabel("score (%)")

@@ -55,13 +55,14 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
 
     exclude: None; "self" (queries are the gallery, query i must not retrieve item i); or a LongTensor [Q]
     holding one gallery index to drop per query (-1 for none), e.g. the reference image in Fashion IQ.
-    k is capped at the number of retrievable items. Memory is O(chunk_size x gallery_chunk_size) (16 MB at
+    k is capped at the number of retrievable items. It runs on the CPU (embeddings on a GPU are copied over,
+    as FAISS's CPU index would need). Memory is O(chunk_size x gallery_chunk_size) (16 MB at
     the defaults, whose 1024 gallery rows x 512 dims stay in cache during the product). "Equal" scores
     are equal float32 scores as computed: a gallery vector duplicated in two gallery blocks can score one ulp
     apart there (BLAS sums in a different order for blocks of other widths), and the pair is then ordered by
     those scores.
     """
-    queries, gallery = queries.float(), gallery.float()
+    queries, gallery = queries.detach().float().cpu(), gallery.detach().float().cpu()  # GPU embeddings: copied
     nq, ng = queries.shape[0], gallery.shape[0]
     if queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"queries have dimension {queries.shape[1]} but gallery has {gallery.shape[1]}")
@@ -77,7 +78,7 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
             raise ValueError("exclude='self' needs queries and gallery of the same size")
         exclude = torch.arange(nq)
     if exclude is not None:
-        exclude = torch.as_tensor(exclude, dtype=torch.long)
+        exclude = torch.as_tensor(exclude, dtype=torch.long).cpu()
         if exclude.shape != (nq,):
             raise ValueError(f"exclude must have shape [{nq}], got {tuple(exclude.shape)}")
     k = min(k, ng - (1 if exclude is not None and (exclude >= 0).any() else 0))

@@ -663,7 +663,8 @@ def compare(exp: CFQExperiment, better: str, worse: str, fiq_share: float = 1.0)
 
 def check_claims(exp: CFQExperiment, rep) -> list[dict]:
     """The paper's three claims on this preset, each a comparison on every headline number (FIQ-style
-    (R@10+R@50)/2 and the three CFQ primary metrics); recorded with rep.check, never raising."""
+    (R@10+R@50)/2 and the three CFQ primary metrics); then, when the data-limited sweep ran, the first and
+    third again at every share of it. Recorded with rep.check, never raising."""
     out = []
 
     def available(a, b, share):

@@ -146,3 +146,23 @@ def test_scores_are_returned_best_first_with_their_indices():
     assert (top.scores[:, :-1] >= top.scores[:, 1:]).all()
     assert torch.allclose(top.scores, (q @ g.T).gather(1, top.indices), atol=1e-5)
     assert top.indices.dtype == torch.long and top.scores.dtype == torch.float32
+
+
+def _retrieve_in_child(seed, threads=None):
+    if threads:
+        torch.set_num_threads(threads)  # as forked workers must: torch's own OpenMP pool does not survive fork
+    g = torch.Generator().manual_seed(seed)
+    q, gal = torch.randn(3000, 16, generator=g), torch.randn(5000, 16, generator=g)
+    return retrieve(q, gal, 5).indices
+
+
+def test_a_forked_child_can_retrieve_after_its_parent_did():
+    """Face fine-tuning forks one-thread workers after the parent has retrieved; a GNU OpenMP pool inherited
+    through fork (numba's parallel loops use one on Linux) deadlocked the child's first retrieval. A hang fails
+    here by timeout."""
+    import multiprocessing as mp
+
+    want = _retrieve_in_child(7)   # the parent retrieves first, with its threads
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_retrieve_in_child, (7, 1)).get(timeout=60)
+    assert torch.equal(got, want)

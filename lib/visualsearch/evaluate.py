@@ -13,6 +13,7 @@ backend and must agree with the exact one.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -27,26 +28,51 @@ class TopK:
     indices: torch.Tensor  # [Q, k] gallery index of each retrieved item
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _merge_block(scores, first_index, top_scores, top_indices):  # pragma: no cover - compiled; tested via retrieve
-    """Fold one score block [rows, cols] (gallery items first_index...) into each row's running top
+@numba.njit(cache=True, nogil=True)
+def _merge_row(scores, first_index, top_scores, top_indices, row):  # pragma: no cover - compiled
+    """Fold row `row` of a score block (gallery items first_index...) into that row's running top
     (top_scores [rows, k] best first, -inf where empty). An item enters only if it beats the k-th score
     strictly, and goes after the equal scores already held: the lower gallery index wins a tie."""
-    rows, cols = scores.shape
     k = top_scores.shape[1]
-    for row in numba.prange(rows):
-        floor = top_scores[row, k - 1]
-        for col in range(cols):
-            value = scores[row, col]
-            if value > floor:
-                pos = k - 1
-                while pos > 0 and top_scores[row, pos - 1] < value:
-                    top_scores[row, pos] = top_scores[row, pos - 1]
-                    top_indices[row, pos] = top_indices[row, pos - 1]
-                    pos -= 1
-                top_scores[row, pos] = value
-                top_indices[row, pos] = first_index + col
-                floor = top_scores[row, k - 1]
+    floor = top_scores[row, k - 1]
+    for col in range(scores.shape[1]):
+        value = scores[row, col]
+        if value > floor:
+            pos = k - 1
+            while pos > 0 and top_scores[row, pos - 1] < value:
+                top_scores[row, pos] = top_scores[row, pos - 1]
+                top_indices[row, pos] = top_indices[row, pos - 1]
+                pos -= 1
+            top_scores[row, pos] = value
+            top_indices[row, pos] = first_index + col
+            floor = top_scores[row, k - 1]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _merge_block_parallel(scores, first_index, top_scores, top_indices):  # pragma: no cover - compiled
+    for row in numba.prange(scores.shape[0]):
+        _merge_row(scores, first_index, top_scores, top_indices, row)
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_block_serial(scores, first_index, top_scores, top_indices):  # pragma: no cover - compiled
+    for row in range(scores.shape[0]):
+        _merge_row(scores, first_index, top_scores, top_indices, row)
+
+
+_PARALLEL_PID: list = [None]  # the process that started numba's thread pool (GNU OpenMP on Linux)
+
+
+def _merge_block():
+    """The row-parallel merge, or the serial one in a process forked after its parent started the parallel
+    one's thread pool: a GNU OpenMP pool does not survive fork, and the child's first parallel merge would
+    deadlock (face fine-tuning forks workers after the parent has retrieved)."""
+    if _PARALLEL_PID[0] is None:
+        _PARALLEL_PID[0] = os.getpid()
+    if _PARALLEL_PID[0] != os.getpid():
+        return _merge_block_serial
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return _merge_block_parallel
 
 
 def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None, chunk_size: int = 4096,
@@ -89,22 +115,25 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
     if backend != "torch":
         raise ValueError(f"unknown backend '{backend}' (valid: torch, faiss)")
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     queries, gallery = queries.contiguous(), gallery.contiguous()
     buf = torch.empty(min(chunk_size, nq) * min(gallery_chunk_size, ng))  # reused: no allocation per block
     top_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     top_indices = np.full((nq, k), -1, dtype=np.int64)
+
+    def scores_of(q0: int, q1: int, g0: int, g1: int) -> np.ndarray:
+        s = torch.matmul(queries[q0:q1], gallery[g0:g1].T, out=buf[:(q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0))
+        if exclude is not None:
+            ex = exclude[q0:q1] - g0
+            hit = (ex >= 0) & (ex < g1 - g0)
+            if hit.any():
+                s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")  # never beats a floor, not even -inf
+        return s.numpy()
+
+    merge = _merge_block()
     for q0 in range(0, nq, chunk_size):
         q1 = min(q0 + chunk_size, nq)
         for g0 in range(0, ng, gallery_chunk_size):
-            g1 = min(g0 + gallery_chunk_size, ng)
-            s = torch.matmul(queries[q0:q1], gallery[g0:g1].T, out=buf[:(q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0))
-            if exclude is not None:
-                ex = exclude[q0:q1] - g0
-                hit = (ex >= 0) & (ex < g1 - g0)
-                if hit.any():
-                    s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")  # never beats a floor, not even -inf
-            _merge_block(s.numpy(), g0, top_scores[q0:q1], top_indices[q0:q1])
+            merge(scores_of(q0, q1, g0, min(g0 + gallery_chunk_size, ng)), g0, top_scores[q0:q1], top_indices[q0:q1])
     return TopK(torch.from_numpy(top_scores), torch.from_numpy(top_indices))
 
 

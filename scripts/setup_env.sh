@@ -20,7 +20,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.visualsearch-installed"
-want=$(cat "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -c1-16)
+want=$(cat "$root/requirements.txt" "$root/pyproject.toml" "$0" | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned requirements into $venv (a few minutes the first time)"
   "$venv/bin/python" -m pip install -q -r "$root/requirements.txt" 2>&1 | grep -v -i "warning: location" || true
@@ -28,5 +28,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -c "import torch, torchvision, papermill, visualsearch" || {
     echo "error: the installation in $venv is incomplete (see the pip messages above)" >&2; exit 1; }
   "$venv/bin/python" -m ipykernel install --sys-prefix --name visualsearch --display-name "visualsearch (Python 3.11)" >/dev/null
+  # every notebook saved under notebooks/ from this environment's Jupyter is stored without outputs and with
+  # the project's kernelspec (lib/visualsearch/notebook_files.py), autosave included
+  printf '{"ContentsManager": {"pre_save_hook": "visualsearch.notebook_files.pre_save_hook"}}\n' \
+    > "$venv/etc/jupyter/jupyter_server_config.json"
   echo "$want" > "$stamp"
 fi

@@ -1,43 +1,43 @@
-"""Build notebooks/maaf_ablations.ipynb (no outputs). Run: .venv/bin/python scripts/notebooks/make_maaf_ablations.py"""
-from notebook_builder import NotebookBuilder
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: visualsearch (Python 3.11)
+#     language: python
+#     name: visualsearch
+# ---
 
-nb = NotebookBuilder()
-md, code = nb.md, nb.code
+# %% [markdown]
+# # Modality-Agnostic Attention Fusion (MAAF) for visual search with text feedback
+#
+# Dodds, Culpepper, Herdade, Zhang and Boakye ([arXiv 2007.00145](https://arxiv.org/abs/2007.00145)) retrieve a
+# target image from a **reference image plus a modifying text** ("is red and has long sleeves", "remove the
+# top-left object"). Their model, MAAF, cuts the image into **tokens** (every position of ResNet layer3 and
+# layer4, projected to d) and the text into **one token per word**, concatenates both into one sequence and runs
+# it through **shared Transformer blocks**; the outputs are averaged per resolution and with the text outputs
+# into one vector. Catalog images go through **the same blocks** with image tokens only, so one attention model
+# embeds both sides. They report that MAAF beats earlier composition methods (TIRG, concatenation, ...) on
+# Fashion IQ and CSS, is competitive on Fashion200k, beats baselines on two new benchmarks adapted from
+# Birds-to-Words and Spot-the-Diff, and they ablate the design on Fashion IQ.
+#
+# This notebook regenerates those experiments: the same model (every switch of the authors' code is a config
+# field), the same baselines, each dataset read in its real format with its protocol. On the default preset the
+# data are synthetic worlds written in those formats (products for Fashion IQ / Fashion200k / Birds-to-Words,
+# 2D scenes for CSS / Spot-the-Diff); with `data_root` the real datasets are read instead.
+#
+# **Default preset, stated deviations.** ResNet-18 at 64 px instead of ResNet-50 at 224 px; the backbone is
+# pretrained here for a few hundred steps on product attributes (the stand-in for ImageNet weights, which cannot
+# be downloaded) and then **frozen**, so its maps are computed once and each run trains only the projections,
+# text encoder, fusion and heads (the paper fine-tunes the backbone at 0.1x learning rate); d = 128 instead of
+# 512; a few hundred steps instead of 50k-150k; no augmentation. The paper preset restores all of these.
 
-md("""
-# Modality-Agnostic Attention Fusion (MAAF) for visual search with text feedback
-
-Dodds, Culpepper, Herdade, Zhang and Boakye ([arXiv 2007.00145](https://arxiv.org/abs/2007.00145)) retrieve a
-target image from a **reference image plus a modifying text** ("is red and has long sleeves", "remove the
-top-left object"). Their model, MAAF, cuts the image into **tokens** (every position of ResNet layer3 and
-layer4, projected to d) and the text into **one token per word**, concatenates both into one sequence and runs
-it through **shared Transformer blocks**; the outputs are averaged per resolution and with the text outputs
-into one vector. Catalog images go through **the same blocks** with image tokens only, so one attention model
-embeds both sides. They report that MAAF beats earlier composition methods (TIRG, concatenation, ...) on
-Fashion IQ and CSS, is competitive on Fashion200k, beats baselines on two new benchmarks adapted from
-Birds-to-Words and Spot-the-Diff, and they ablate the design on Fashion IQ.
-
-This notebook regenerates those experiments: the same model (every switch of the authors' code is a config
-field), the same baselines, each dataset read in its real format with its protocol. On the default preset the
-data are synthetic worlds written in those formats (products for Fashion IQ / Fashion200k / Birds-to-Words,
-2D scenes for CSS / Spot-the-Diff); with `data_root` the real datasets are read instead.
-
-**Default preset, stated deviations.** ResNet-18 at 64 px instead of ResNet-50 at 224 px; the backbone is
-pretrained here for a few hundred steps on product attributes (the stand-in for ImageNet weights, which cannot
-be downloaded) and then **frozen**, so its maps are computed once and each run trains only the projections,
-text encoder, fusion and heads (the paper fine-tunes the backbone at 0.1x learning rate); d = 128 instead of
-512; a few hundred steps instead of 50k-150k; no augmentation. The paper preset restores all of these.
-""")
-
-code("""
+# %% tags=["parameters"]
 preset = "smoke"      # smoke | default | paper
 data_root = None      # folder with the real dataset(s); None = synthetic world
 device = "cpu"        # cpu | cuda
 out_dir = None        # where results/ and figures/ go; None = the repository root
 overrides = {}        # parameter overrides, validated against configs/maaf_ablations/default.yaml
-""", tags=["parameters"])
 
-code("""
+# %%
 import pandas as pd
 import torch
 
@@ -51,20 +51,18 @@ rep = Reporter("maaf_ablations", p)
 cache = ResultCache()
 rep.cache = cache
 torch.set_num_threads(p.threads)
-""")
 
-md("""
-## The data
+# %% [markdown]
+# ## The data
+#
+# Five datasets, each read by the reader of its real format (`visualsearch.data.text_feedback`), so that the
+# synthetic worlds and the real data go through the same code. Fashion IQ: a gallery per category (its split
+# file), the two relative captions joined by the word *inadditiontothat*, the reference excluded from its own
+# ranking. CSS: every (from, to) of every modification text; a hit is an image of the target's scene label.
+# Fashion200k: "replace X with Y" between captions that differ by one word; a hit is an image with the target's
+# caption. Birds-to-Words and Spot-the-Diff: reference + one description or sentence -> the other image.
 
-Five datasets, each read by the reader of its real format (`visualsearch.data.text_feedback`), so that the
-synthetic worlds and the real data go through the same code. Fashion IQ: a gallery per category (its split
-file), the two relative captions joined by the word *inadditiontothat*, the reference excluded from its own
-ranking. CSS: every (from, to) of every modification text; a hit is an image of the target's scene label.
-Fashion200k: "replace X with Y" between captions that differ by one word; a hit is an image with the target's
-caption. Birds-to-Words and Spot-the-Diff: reference + one description or sentence -> the other image.
-""")
-
-code("""
+# %%
 data = mx.prepare_datasets(p.datasets, p.image_size, p.data_root, p.worlds, p.seed, workers=p.workers)
 for d in data.values():
     rep.note_data(d.description, d.fingerprint, d.skips)
@@ -72,40 +70,35 @@ pd.DataFrame([{"dataset": d.name, "data": d.description, "training queries": sum
                "evaluation queries": sum(len(g.split.queries) for g in d.eval.values()),
                "gallery images": sum(len(g.split.images) for g in d.eval.values()), "vocabulary": len(d.vocab),
                "skipped": d.skips.count} for d in data.values()])
-""")
 
-code("""
+# %%
 fiq = data.get("fashioniq")
 if fiq is not None:
     q = fiq.eval["dress"].split.queries[0]
     print(fiq.eval["dress"].split.query_text(q))
-""")
 
-md("""
-## The backbone
+# %% [markdown]
+# ## The backbone
+#
+# The paper starts from ImageNet ResNet-50 weights. Nothing is downloaded here: with `backbone_weights:
+# synthetic` the ResNet is first trained to name the category, colour, pattern, sleeve, length and neckline of
+# photos from a products world of its own (not the retrieval worlds), which gives it the generic garment and
+# colour features that ImageNet gives the paper's model. One ablation row below starts from random weights
+# instead.
 
-The paper starts from ImageNet ResNet-50 weights. Nothing is downloaded here: with `backbone_weights:
-synthetic` the ResNet is first trained to name the category, colour, pattern, sleeve, length and neckline of
-photos from a products world of its own (not the retrieval worlds), which gives it the generic garment and
-colour features that ImageNet gives the paper's model. One ablation row below starts from random weights
-instead.
-""")
-
-code("""
+# %%
 weights = mx.backbone_weights_file(p, cache, progress=True)
 print("backbone weights:", weights or "random init")
-""")
 
-md("""
-## Training every model
+# %% [markdown]
+# ## Training every model
+#
+# One training run per (dataset, model): MAAF, its baselines, and on Fashion IQ one run per ablation switch.
+# Every run uses the same loss (softmax over the batch's targets, logits = s^2 cos with a learnable scale s
+# initialised at 4), the same optimiser (SGD, momentum 0.9) and the same steps. Results are cached: a rerun
+# that only restyles a figure trains nothing.
 
-One training run per (dataset, model): MAAF, its baselines, and on Fashion IQ one run per ablation switch.
-Every run uses the same loss (softmax over the batch's targets, logits = s^2 cos with a learnable scale s
-initialised at 4), the same optimiser (SGD, momentum 0.9) and the same steps. Results are cached: a rerun
-that only restyles a figure trains nothing.
-""")
-
-code("""
+# %%
 runs = mx.plan_runs(p, weights)
 results = mx.run_all(runs, data, cache, ks=(1, 5, 10, 50), workers=p.workers, threads=p.threads, device=p.device)
 print(len(runs), "runs;", len(cache.misses), "trained now,", len(cache.hits), "from the cache")
@@ -114,23 +107,22 @@ costs = pd.DataFrame([{"method": r.name, "dataset": r.dataset, "metric": m, "rep
                                                  ("CPU s", results[(r.dataset, r.name)].extra.get("cpu_s")))])
 rep.table("run_costs", costs, data="this machine", note="training wall time and CPU seconds (training + evaluation) "
           "of each run when it was trained (cached runs keep the numbers of the run that trained them)")
-""")
 
-code("""
+
+# %%
 def by_method(dataset):
     return {mr.method_name("maaf" if r.name == "MAAF" else r.name): results[(dataset, r.name)]
             for r in runs if r.dataset == dataset and not r.name.startswith(("ablation", "MAAF, seed"))}
-""")
 
-md("""
-## Fashion IQ: Recall@10 and @50 per category
 
-The paper's headline table. The `reported` column holds the published MAAF row and, for context, TIRG's row as
-later papers quote it: both were measured on the **real** Fashion IQ validation set with ResNet-50 at 224 px,
-so they are not comparable to the synthetic numbers beside them; they show what the real experiment gives.
-""")
+# %% [markdown]
+# ## Fashion IQ: Recall@10 and @50 per category
+#
+# The paper's headline table. The `reported` column holds the published MAAF row and, for context, TIRG's row as
+# later papers quote it: both were measured on the **real** Fashion IQ validation set with ResNet-50 at 224 px,
+# so they are not comparable to the synthetic numbers beside them; they show what the real experiment gives.
 
-code("""
+# %%
 if "fashioniq" in data:
     fiq_results = by_method("fashioniq")
     fiq_table = with_reported(mr.fiq_rows(fiq_results), "maaf")
@@ -139,16 +131,15 @@ if "fashioniq" in data:
                          note="reported: real Fashion IQ validation (MAAF paper, TIRG as quoted by later papers); "
                               "reproduced: " + data["fashioniq"].description)
     display(fiq_wide)
-""")
 
-md("""
-## CSS: Recall@1/5/10/50
 
-Scenes where the text says *where* ("remove top-left object", "make middle-center object red"): a single
-pooled image vector has lost the layout that these texts need; MAAF's tokens keep it.
-""")
+# %% [markdown]
+# ## CSS: Recall@1/5/10/50
+#
+# Scenes where the text says *where* ("remove top-left object", "make middle-center object red"): a single
+# pooled image vector has lost the layout that these texts need; MAAF's tokens keep it.
 
-code("""
+# %%
 def recall_table(name, dataset, ks):
     if dataset not in data:
         return None
@@ -158,29 +149,25 @@ def recall_table(name, dataset, ks):
 dataset_label = {"css": "CSS", "fashion200k": "Fashion200k", "birds_to_words": "Birds-to-Words",
                  "spot_the_diff": "Spot-the-Diff"}
 recall_table("css_recall", "css", (1, 5, 10, 50))
-""")
 
-md("""
-## Fashion200k (single-word modifications), Birds-to-Words and Spot-the-Diff
-""")
+# %% [markdown]
+# ## Fashion200k (single-word modifications), Birds-to-Words and Spot-the-Diff
 
-code("""
+# %%
 display(recall_table("fashion200k_recall", "fashion200k", (1, 10, 50)))
 display(recall_table("birds_to_words_recall", "birds_to_words", (1, 5, 10, 50)))
 display(recall_table("spot_the_diff_recall", "spot_the_diff", (1, 5, 10, 50)))
-""")
 
-md("""
-## Ablations on Fashion IQ
+# %% [markdown]
+# ## Ablations on Fashion IQ
+#
+# One row per switch of the authors' code, each trained exactly like the full model; `change` is the row's
+# (R@10+R@50)/2 minus the full model's. The paper's own ablation numbers are not known to us (not transcribed),
+# so the `reported` column stays empty. The full model is also trained with other seeds (`reference_seeds`):
+# the spread between those rows is the noise of a single run at this size, and a change smaller than it says
+# nothing.
 
-One row per switch of the authors' code, each trained exactly like the full model; `change` is the row's
-(R@10+R@50)/2 minus the full model's. The paper's own ablation numbers are not known to us (not transcribed),
-so the `reported` column stays empty. The full model is also trained with other seeds (`reference_seeds`):
-the spread between those rows is the noise of a single run at this size, and a change smaller than it says
-nothing.
-""")
-
-code("""
+# %%
 if "fashioniq" in data and p.ablations:
     ablation_results = {"MAAF (full model)": results[("fashioniq", "MAAF")]}
     ablation_results.update({f"MAAF (full model), {r.name.split(', ')[1]}": results[("fashioniq", r.name)]
@@ -190,18 +177,17 @@ if "fashioniq" in data and p.ablations:
     switches = {row["name"]: ", ".join(f"{k}={v}" for k, v in row["change"].items()) for row in p.ablations}
     ablations = mr.ablation_rows(ablation_results, switches, "MAAF (full model)")
     display(rep.table("ablations", ablations, data=data["fashioniq"].description).round(2))
-""")
 
-md("""
-## Attention maps
 
-For one query, each word's attention weights (a row of the block's attention matrix, text token as the query,
-image tokens as the keys), reshaped to the layer3 and layer4 grids, upsampled and laid over the reference
-image; heads averaged; one row per block and resolution. These are the trained model's real weights. The
-paper observes that words tend *not* to attend to the region they refer to; look for it here.
-""")
+# %% [markdown]
+# ## Attention maps
+#
+# For one query, each word's attention weights (a row of the block's attention matrix, text token as the query,
+# image tokens as the keys), reshaped to the layer3 and layer4 grids, upsampled and laid over the reference
+# image; heads averaged; one row per block and resolution. These are the trained model's real weights. The
+# paper observes that words tend *not* to attend to the region they refer to; look for it here.
 
-code("""
+# %%
 def trained_maaf(dataset):
     run = next(r for r in runs if r.dataset == dataset and r.name == "MAAF")
     return mx.restore(run.cfg, data[dataset].vocab, run.spec.seed, results[(dataset, "MAAF")].state)
@@ -212,16 +198,14 @@ for dataset, group in (("css", "test"), ("fashioniq", "dress")):
         for i in range(p.examples):
             fig = mr.attention_figure(model, data[dataset].eval[group], i * 7)
             rep.figure(f"attention_{dataset}_{i}", fig, data=data[dataset].description)
-""")
 
-md("""
-How much does a word that names a place ("topleft", "middlecenter", ...) attend to that place? Below, for
-CSS-style queries, the attention of the place word to the image tokens inside the named cell of the 3x3 grid,
-divided by its average attention over all image tokens: 1 means no preference, below 1 that the word looks
-elsewhere, which is what the paper reports seeing in its figures.
-""")
+# %% [markdown]
+# How much does a word that names a place ("topleft", "middlecenter", ...) attend to that place? Below, for
+# CSS-style queries, the attention of the place word to the image tokens inside the named cell of the 3x3 grid,
+# divided by its average attention over all image tokens: 1 means no preference, below 1 that the word looks
+# elsewhere, which is what the paper reports seeing in its figures.
 
-code("""
+# %%
 if "css" in data:
     places = mr.place_attention(trained_maaf("css"), data["css"].eval["test"])
     display(places)
@@ -236,47 +220,41 @@ if "css" in data:
                   "; ".join(f"block {b} {s}: {r:.2f} over {n} words" for b, s, r, n in
                             zip(places.block, places.stage, places.ratio, places.queries)),
                   measured=float(places.ratio.mean()))
-""")
 
-md("""
-## Retrieval examples
+# %% [markdown]
+# ## Retrieval examples
+#
+# Reference image and text on the left, then the top five results with the reference excluded; the target (or an
+# image with the target's label) is framed in green.
 
-Reference image and text on the left, then the top five results with the reference excluded; the target (or an
-image with the target's label) is framed in green.
-""")
-
-code("""
+# %%
 for dataset, group in (("fashioniq", "dress"), ("css", "test"), ("spot_the_diff", "test")):
     if dataset in data:
         n = len(data[dataset].eval[group].split.queries)
         picks = [int(i * n / (p.examples + 1)) for i in range(1, p.examples + 1)]
         fig = mr.retrieval_figure(trained_maaf(dataset), data[dataset].eval[group], picks, k=5)
         rep.figure(f"retrieval_{dataset}", fig, data=data[dataset].description)
-""")
 
-md("""
-## Training curves
+# %% [markdown]
+# ## Training curves
+#
+# Training loss of every Fashion IQ model, and validation Recall@10 (dress) of MAAF and TIRG during training.
 
-Training loss of every Fashion IQ model, and validation Recall@10 (dress) of MAAF and TIRG during training.
-""")
-
-code("""
+# %%
 if "fashioniq" in data:
     fig = mr.curves_figure(by_method("fashioniq"))
     rep.figure("training_curves_fashioniq", fig, data=data["fashioniq"].description)
-""")
 
-md("""
-## Claims
+# %% [markdown]
+# ## Claims
+#
+# The paper's central claim, checked on this preset: MAAF beats TIRG, concatenation and the image-only baseline
+# on the scenes (CSS-style) and on the Fashion IQ-style data. Each check states the margins; a failed check is a
+# result and is recorded, never hidden. TIRG is also trained for several times more steps (`longer_tirg`), and
+# MAAF must beat that run too: at a few hundred steps the baselines have not converged (see the curves), so
+# equal steps alone could flatter MAAF.
 
-The paper's central claim, checked on this preset: MAAF beats TIRG, concatenation and the image-only baseline
-on the scenes (CSS-style) and on the Fashion IQ-style data. Each check states the margins; a failed check is a
-result and is recorded, never hidden. TIRG is also trained for several times more steps (`longer_tirg`), and
-MAAF must beat that run too: at a few hundred steps the baselines have not converged (see the curves), so
-equal steps alone could flatter MAAF.
-""")
-
-code("""
+# %%
 if "fashioniq" in data:
     scores = {m: mr.fiq_score(r) for m, r in fiq_results.items()}
     n = sum(len(g.split.queries) for g in data["fashioniq"].eval.values())
@@ -293,6 +271,3 @@ if "css" in data:
     rep.check("MAAF beats TIRG, concat and image-only on CSS-style scenes (R@1)", passed, detail,
               measured=scores["MAAF"])
 rep.claims_table()
-""")
-
-nb.write("maaf_ablations")

@@ -1,0 +1,235 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: visualsearch (Python 3.11)
+#     language: python
+#     name: visualsearch
+# ---
+
+# %% [markdown]
+# # Training and challenging models for text-guided fashion image retrieval
+#
+# Dodds, Culpepper and Srivastava ([arXiv 2204.11004](https://arxiv.org/abs/2204.11004)) ask what makes a model
+# good at retrieving a garment from a reference image and a text ("like this, but blue and without stripes"). They
+#
+# 1. introduce **Challenging Fashion Queries (CFQ)**: queries whose judged catalog items carry *positive and
+#    negative* labels of two things, whether the caption is **accurate** for the item and whether the item is
+#    **similar** to the reference image;
+# 2. show that **multimodal pretraining matters** (CLIP), and that **weak supervision from attribute labels**
+#    (captions made mechanically from the difference of iMaterialist label sets, "iMFQ") adds to it;
+# 3. propose **residual attention fusion (RAF)**: CLIP's vector addition plus a small, fixed-weight MAAF attention
+#    branch, initialised so that the model *starts* as CLIP VA; earlier fusion (the attention branch alone, AF)
+#    loses part of what pretraining gave.
+#
+# The paper's tables are not known here (the companion could not verify any of its numbers), so every
+# `reported` cell is empty; the claims are checked on this preset's own numbers. The experiment grid is the one
+# the authors' released scripts run, plus one arm the first claim needs: the same CLIP VA model with no
+# multimodal pretraining.
+#
+# On the embedded default everything is synthetic and small: the "CLIP" is a small ResNet + MiniLM dual encoder
+# pretrained here on products-world photos and attribute captions; Fashion IQ, iMaterialist and CFQ are drawn
+# from the same garment renderer in their real file formats. With `data_root` and `model.clip_path` the same code
+# runs the real datasets with a real CLIP.
+
+# %% tags=["parameters"]
+preset = "smoke"      # smoke | default | paper
+data_root = None      # folder with the real dataset(s); None = synthetic world
+device = "cpu"        # cpu | cuda
+out_dir = None        # where results/ and figures/ go; None = the repository root
+overrides = {}        # parameter overrides, validated against configs/cfq_evaluation/default.yaml
+
+# %%
+import torch
+
+from visualsearch import cfq_experiment as cx
+from visualsearch.cache import ResultCache
+from visualsearch.config import load_params
+from visualsearch.report import Reporter
+
+p = load_params("cfq_evaluation", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
+rep = Reporter("cfq_evaluation", p)
+cache = ResultCache()
+rep.cache = cache
+if p.threads:
+    torch.set_num_threads(p.threads)  # small models: one thread per notebook avoids oversubscribed cores
+
+# %% [markdown]
+# ## The data
+#
+# Four sources, each read by the reader of its real format:
+#
+# - **pretraining pairs** (embedded default only): products-world photos with generic attribute captions
+#   ("a blue striped dress, with long sleeves");
+# - **Fashion IQ style**: reference -> target pairs with two relative captions, joined by "inadditiontothat";
+# - **iMaterialist style**: images with attribute labels; each is paired with *neighbours* whose label set
+#   differs by one label added, removed or replaced (the paper's rule was not released; this is ours), and a
+#   caption is written from the difference by the released rules ("floral", "not Floral", "shorter sleeves",
+#   "Blue not Red");
+# - **CFQ**: `judgments.tsv` with one row per annotator judgment, `equivalent_captions.json`, `images/`. Three
+#   catalog images are missing from the real release; the synthetic one leaves three out too, and the reader
+#   skips the judgments that need them and counts them.
+
+# %%
+exp = cx.CFQExperiment(p, cache)
+d = exp.data
+for name, description in d.descriptions.items():
+    rep.note_data(description, d.fingerprints[name], d.skips.get(name))
+print(f"{len(exp.bank.paths)} images; Fashion IQ-style training pairs {len(d.fiq_train)}; "
+      f"iMFQ pairs {len(d.imfq_train)}; CFQ judged pairs {len(d.cfq_agg)} "
+      f"({d.cfq.dropped_judgments} judgments dropped: {d.skips['cfq']})")
+print("iMFQ captions:", sorted({c[0] for c in d.imfq_train.captions})[:12])
+
+# %% [markdown]
+# ## What CFQ's labels look like
+#
+# Each (query, caption, catalog item) is judged by several annotators; the mean accuracy and similarity lie in
+# [-1, 1]. A binary label at threshold t is `mean > t`; the paper's primary metrics use **accurate >= 0** (the
+# threshold named `accurate_0`, i.e. > -0.01) and **similar > -2/3** (`similar_-2/3`, i.e. > -0.67: a mean of
+# exactly -2/3 counts as similar). nDCG uses the graded relevance int(3 (acc + sim + 2)) in 0..12.
+
+# %%
+fig = cx.judgment_histogram(d.cfq_agg)
+rep.figure("judgment_histogram", fig, data=d.descriptions["cfq"])
+
+# %% [markdown]
+# ## Multimodal pretraining
+#
+# The embedded default's stand-in for CLIP: a small ResNet image tower and a text tower (frozen MiniLM token
+# states + one trainable Transformer block), trained with CLIP's symmetric contrastive loss. On the paper preset
+# this step loads a real CLIP instead. After it, the image backbone is frozen and its features cached (the paper
+# trains it at a tenth of the new layers' rate; see the caveats at the end).
+
+# %%
+exp.pretrained_state()
+log = exp.pretrain_log
+print(f"contrastive loss {log.loss.iloc[:20].mean():.2f} -> {log.loss.iloc[-20:].mean():.2f}; in-batch image-to-text "
+      f"accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} (chance {1 / p.pretrain['batch_size']:.3f})")
+
+# %% [markdown]
+# ## The experiment grid
+#
+# Every run is evaluated on three benchmarks: Fashion IQ-style validation recall (R@10, R@50 per category,
+# reference excluded from its ranking), iMaterialist-style validation ROC-AUC over all query x gallery pairs and
+# mAP (a gallery image is correct when its label set equals the target's), and CFQ's three primary metrics
+# (per-(query, caption) mean AP and nDCG, subsets weighted by their number of query images). Runs are cached:
+# re-running the notebook only redraws.
+
+# %%
+exp.run_all()
+grid = rep.table("experiment_grid", exp.grid_table(), data="; ".join(d.descriptions.values()),
+                 note="Scores in percent. CFQ metrics group judgments by (query image, caption); the released "
+                      "code groups by caption text alone (eval.group_by: caption).")
+grid
+
+# %%
+rep.table("cfq_by_threshold", exp.cfq_threshold_table(), data=d.descriptions["cfq"],
+          note="m_ap / m_auc / rprec: mean over (query, caption) groups with both classes (R-precision: with a "
+               "positive) of AP, ROC-AUC and R-precision (as a fraction), at every threshold; weighted over subsets.")
+
+# %%
+fig = cx.training_curves(exp)
+rep.figure("training_curves", fig, data="; ".join(d.descriptions.values()))
+
+# %% [markdown]
+# ## Figure 1, on this preset
+#
+# For example queries (drawn with the seed, not picked by result): the query image and caption, the most relevant
+# judged catalog items, and the top-ranked judged items of CLIP VA fine-tuned on Fashion IQ and of RAF trained on
+# iMFQ then Fashion IQ. Corner squares: mean accuracy (left) and mean similarity (right), red -1 to green +1.
+
+# %%
+fig = cx.figure1(exp, runs=("clip-fiq", "raf-imfq-fiq"), n_queries=p.figure1["queries"], top_k=p.figure1["top_k"],
+                 seed=p.seed)
+rep.figure("figure1_examples", fig, data=d.descriptions["cfq"])
+
+# %% [markdown]
+# ## Beyond the paper: does pretraining need scarce task data to pay?
+#
+# The paper fine-tunes a CLIP pretrained on 400M image-text pairs with Fashion IQ's 18k triplets; here the
+# "CLIP" saw a few thousand synthetic captions, and the Fashion IQ-style training set is of a similar size. A
+# from-scratch model can then learn the task from the task data alone, and pretraining has less to add. This
+# sweep (`data_limited` in the presets) retrains CLIP VA with and without pretraining, RAF and AF on nested
+# shares of the Fashion IQ-style training pairs (same steps and learning rates) and scores each on the four
+# headline numbers. It tests a condition of the first and third claims, not a number of the paper.
+
+# %%
+exp.run_data_limited()
+limited = exp.data_limited_table()
+rep.table("data_limited", limited, data=d.descriptions["fashion_iq"] + "; " + d.descriptions["cfq"],
+          note="Each run's Fashion IQ stage trained on a share of the FIQ-style training pairs (nested subsets drawn "
+               "with the seed; same steps and learning rates); scores in percent, one seed.")
+fig = cx.data_limited_figure(limited)
+rep.figure("data_limited", fig, data=d.descriptions["fashion_iq"] + "; " + d.descriptions["cfq"])
+print("pretrained CLIP VA minus the same model from scratch, by FIQ-style training pairs:")
+cx.pretraining_margins(limited).round(1)
+
+# %% [markdown]
+# **What the sweep showed** (this notebook at seeds 0 / 1 / 2 via `--set seed=N`, 2026-11-27; the worlds are the
+# same, the model initialisation and batches change):
+# - **Pretraining vs none turns on the amount of task data.** With 300, 150 or 75 Fashion IQ-style pairs the
+#   pretrained CLIP VA beats the same model from scratch on all four headline numbers at every share and every
+#   seed; on Fashion IQ-style recall by +13.8 / +8.2 / +8.7 (300 pairs), +20.5 / +22.7 / +19.8 (150) and +26.0 /
+#   +24.3 / +20.7 (75), on CFQ accurate mAP by +5.3 to +13.0. With all 600 pairs the from-scratch model overtakes it
+#   on recall (by 3.8 / 5.7 / 6.0) while pretraining keeps its CFQ accurate mAP lead (+6.4 / +2.7 / +4.3). The
+#   paper's setting, a large pretraining corpus next to a small task set, is the scarce end of this sweep; this
+#   world's full training set is large next to its pretraining corpus.
+# - **RAF vs AF does not turn on it.** RAF wins CFQ accurate mAP at every share and seed (+3.4 to +10.8) and AF
+#   wins CFQ similar mAP at every share and seed (by 0.6 to 2.7); Fashion IQ-style recall goes to AF with all the
+#   data and either way with less. RAF vs CLIP VA: RAF wins similar mAP and nDCG almost everywhere and loses
+#   accurate mAP by up to 4.4 almost everywhere. So the third claim fails at every share, on the similar-mAP side.
+
+# %% [markdown]
+# ## The paper's claims, checked on this preset
+#
+# Each claim is a comparison of runs on all four headline numbers (Fashion IQ-style (R@10+R@50)/2 and the three
+# CFQ primary metrics); it holds only if every one of them moves the claimed way. A claim that does not hold is
+# reported with its numbers. The first three rows are the paper's claims on the grid (all the Fashion IQ-style
+# training data); the rows "with scarce Fashion IQ-style data" repeat the first and third at every share of the
+# sweep above, a condition under which the paper's setting (a large pretraining corpus, a small task set) is
+# closer.
+
+# %%
+claims = cx.check_claims(exp, rep)
+rep.claims_table()
+
+# %% [markdown]
+# **How much of this is noise.** Each run is one seed, and Fashion IQ-style validation has 100 queries per
+# category, so (R@10+R@50)/2 moves by a few points between seeds. The same notebook rerun with `--set seed=1` and
+# `--set seed=2` (model initialisation and batches; same worlds; 2026-11-27) gave, for seeds 0 / 1 / 2 on the
+# full training set:
+# - pretraining vs none: the from-scratch model wins Fashion IQ recall every time (by 3.8 / 5.7 / 6.0) while
+#   pretraining wins CFQ accurate mAP every time (+6.4 / +2.7 / +4.3): a stable split, not noise (and, per the
+#   sweep, a property of plentiful task data);
+# - iMFQ on top: Fashion IQ recall gains every time for both models (+3.8 / +6.8 / +3.3 with VA, +7.3 / +5.3 /
+#   +3.2 with RAF), while the CFQ metrics move by about a point either way; the all-four check passes on seed 1 only;
+# - RAF vs AF: AF wins Fashion IQ recall every time (by 3.8 / 5.2 / 2.8) and RAF wins CFQ accurate mAP every time
+#   (+4.1 / +3.4 / +6.4): again a stable split.
+#
+# Beyond seeds, the from-scratch and AF runs are sensitive to floating-point detail: a change of the library that
+# does not touch their training (a new retrieval evaluator and the sweep's bookkeeping, 2026-11-27) moved seed 0's from-scratch
+# Fashion IQ recall from 65.8 to 62.8 and AF's from 65.2 to 65.5, while every other run kept its numbers to the
+# last digit. A rerun of the same code gives the same numbers.
+
+# %% [markdown]
+# ## Caveats
+#
+# - **Scale.** The embedded default's dual encoder is tiny and pretrained for minutes on one synthetic domain;
+#   "generic" pretraining and "domain" weak supervision are therefore closer to each other than CLIP and iMFQ are.
+# - **Frozen backbone.** With `model.freeze_backbone` the image backbone gets no gradient after pretraining (the
+#   paper gives it 1e-6 against 1e-5); the image projection and text tower keep the lower rate. No augmentation.
+#   Tried: `--set model.freeze_backbone=false` (the backbone at the lower rate, as the paper; 652 s, over this
+#   preset's budget) gave the same picture on seed 0: from scratch still wins Fashion IQ recall (62.8 vs 59.2)
+#   while pretraining wins CFQ accurate mAP (+4.5); iMFQ still helps recall (+7.2 VA, +6.7 RAF) and not CFQ
+#   accurate mAP (-1.2, -0.5); RAF now beats CLIP VA on all four numbers (+3.8, +0.3, +0.3, +0.5) but still loses
+#   recall (-1.8) and similar mAP (-2.0) to AF.
+# - **Text tower.** MiniLM is frozen and encodes each phrase of a caption separately (cached); a trainable block
+#   relates the phrases.
+# - **Neighbour rule.** The paper's rule for iMFQ pairs was not released; ours is "one label added, removed or
+#   replaced".
+# - **CFQ scoring.** Groups are (query image, caption); R-precision is a fraction; see `visualsearch.cfq_metrics`
+#   for every difference from the released code, each available as an option where it changes numbers.
+# - **Paper preset.** transformers has no ResNet CLIP; a ViT CLIP (e.g. ViT-B/32: 7 x 7 patch tokens) replaces RN50.
+
+# %%
+import pandas as pd
+pd.Series(exp.timings, name="seconds (this session, or when cached)").round(1)

@@ -1,7 +1,9 @@
+import subprocess
+
 import pytest
 
 from visualsearch import config
-from visualsearch.config import ConfigError, load_params
+from visualsearch.config import ConfigError, available_notebooks, load_params
 
 
 @pytest.fixture
@@ -62,3 +64,18 @@ def test_every_shipped_notebook_has_consistent_presets():
     for nb in config.available_notebooks():
         for preset in config.PRESETS:
             load_params(nb, preset)
+
+
+def test_a_run_at_its_own_parameters_writes_to_scratch_not_to_the_committed_results():
+    """out_dir None (the notebooks' parameters cell) is the preset's git-ignored scratch folder; a relative
+    out_dir is taken from the repository root (papermill runs notebooks from notebooks/); both are recorded
+    relative to the root, so no machine path reaches a committed file."""
+    from visualsearch.config import repo_root, resolve_out_dir
+
+    nb = available_notebooks()[0]
+    assert load_params(nb, "smoke").out_dir == "scratch/smoke"
+    assert load_params(nb, "default", out_dir="scratch/x").out_dir == "scratch/x"
+    assert resolve_out_dir("scratch/x", "smoke") == repo_root() / "scratch" / "x"
+    assert resolve_out_dir(None, "paper") == repo_root() / "scratch" / "paper"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "scratch/smoke/results/x.csv"], cwd=repo_root())
+    assert ignored.returncode == 0, "scratch/ must be git-ignored"

@@ -117,5 +117,10 @@ def test_smoke_execution_writes_tables_figures_and_claims(notebook, smoke_output
     for png in pngs:
         assert png.stat().st_size > 2000 and png.with_suffix(".pdf").is_file(), png.name
     claims = pd.read_csv(results / "claims.csv")
-    assert len(claims) and set(claims.columns) >= {"claim", "reproduced", "detail"}
-    assert (results / f"{notebook}.ipynb").is_file()
+    assert len(claims) and set(claims.columns) >= {"claim", "reproduced", "verdict", "detail"}
+    assert set(claims["verdict"]) == {"not evaluated (smoke size)"}, "a smoke run draws no verdict"
+    executed = json.loads((results / f"{notebook}.ipynb").read_text())
+    outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert images >= len(pngs), f"{len(pngs)} figures written but {images} shown in the executed notebook"
+    assert not [o for o in outputs if o["output_type"] == "error"]

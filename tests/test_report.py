@@ -30,7 +30,7 @@ def test_table_csv_md_and_sidecar(rep, tmp_path):
     assert list(out.columns[:8]) == ["method", "dataset", "metric", "reproduced", "reported", "reported_source",
                                      "data", "preset"]
     assert set(out["preset"]) == {"smoke"} and set(out["data"]) == {"synthetic toy"}
-    assert list(wide.columns) == ["method", "dataset", "R@1", "R@10"]
+    assert list(wide.frame.columns) == ["method", "dataset", "R@1", "R@10"]
     assert "| ours | d | 0.500 | 0.900 |" in csv.with_suffix(".md").read_text()
     prov = json.loads(csv.with_suffix(".provenance.json").read_text())
     assert prov["seed"] == 5 and prov["data"] == {"synthetic toy": "abc123"}
@@ -66,17 +66,49 @@ def test_every_reported_file_is_well_formed():
         assert df.loc[~unknown, "value"].notna().all(), f"{paper}: a known number lacks its value"
 
 
-def test_figure_png_pdf_and_claims(rep, tmp_path):
+def test_figure_png_pdf_and_claims(tmp_path):
+    rep = Reporter("toy_nb", {"preset": "default", "out_dir": str(tmp_path), "device": "cpu", "seed": 5})
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    png = rep.figure("curve", fig, data="synthetic toy")
+    assert rep.figure("curve", fig, data="synthetic toy") is None  # a cell ending with it shows no path
+    png = tmp_path / "figures" / "toy_nb" / "curve.png"
     assert png.is_file() and png.with_suffix(".pdf").is_file() and png.with_suffix(".provenance.json").is_file()
+    assert not plt.fignum_exists(fig.number), "the figure is closed, so the inline backend does not draw it twice"
     assert rep.check("A beats B", False, "A 0.1 vs B 0.2") is False
     rep.check("C holds", True, "margin 0.3")
     claims = pd.read_csv(tmp_path / "results" / "toy_nb" / "claims.csv")
     assert list(claims["reproduced"]) == [False, True]
+    assert list(claims["verdict"]) == ["NOT REPRODUCED", "reproduced"]
     index = write_index(tmp_path).read_text()
     assert "❌ A beats B" in index and "✅ C holds" in index and "figures/toy_nb/curve.png" in index
+
+
+def test_smoke_claims_draw_no_verdict(rep, tmp_path):
+    rep.check("A beats B", False, "A 0.1 vs B 0.2")
+    claims = pd.read_csv(tmp_path / "results" / "toy_nb" / "claims.csv")
+    assert list(claims["verdict"]) == ["not evaluated (smoke size)"]
+    assert "NOT REPRODUCED" not in (tmp_path / "results" / "toy_nb" / "claims.md").read_text()
+    assert "❌" not in write_index(tmp_path).read_text()
+
+
+def test_shown_tables_are_rounded_without_index_and_name_their_sources(rep):
+    from visualsearch.report import show
+
+    df = pd.DataFrame({"method": ["MAAF", "MAAF"], "dataset": ["average", "CSS"],
+                       "metric": ["(R@10+R@50)/2", "R@1"], "reproduced": [31.23456, 50.0]})
+    table = rep.table("t", with_reported(df, "maaf"), data="d")
+    html = table._repr_html_()
+    assert "31.2" in html and "31.23" not in html and "36.6" in html  # percentages to one decimal
+    assert "cited" in html  # the status of the published number travels with it
+    assert ">0<" not in html and ">1<" not in html  # no row index
+    frac = show(pd.DataFrame({"m": ["a"], "R@1": [0.123456], "n": [1200]}))._repr_html_()
+    assert "0.123" in frac and "0.1235" not in frac and "1,200" in frac
+
+
+def test_reporter_says_where_it_writes(tmp_path, capsys):
+    Reporter("toy_nb", {"preset": "smoke", "out_dir": str(tmp_path), "device": "cpu"})
+    said = capsys.readouterr().out
+    assert str(tmp_path) in said and "results/toy_nb/toy_nb.ipynb" in said
 
 
 def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path):

@@ -65,3 +65,89 @@ def test_set_items_become_nested_overrides_that_the_config_validates():
         load_params("face_attribute_sharing", "smoke", parse_overrides(["model.input_sise=48"]))
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         parse_overrides(["model.input_size"])
+
+
+@pytest.fixture
+def toy_runner(monkeypatch, tmp_path):
+    """runner.main over the toy notebook (its parameters are not validated: it has no presets), with the
+    repository root moved to a temporary folder so the committed results are never at stake."""
+    from visualsearch import runner
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setattr(runner, "notebooks_dir", lambda: FIXTURES)
+    monkeypatch.setattr(runner, "_check_parameters", lambda names, args, overrides: None)
+    monkeypatch.setattr(runner, "repo_root", lambda: repo)
+    monkeypatch.setattr(runner, "scratch_dir", lambda preset: repo / "scratch" / preset)
+    return runner, repo
+
+
+def _committed(target: Path) -> dict:
+    """Every file under `target` but the staging folder, with its bytes."""
+    return {p.relative_to(target).as_posix(): p.read_bytes() for p in sorted(target.rglob("*"))
+            if p.is_file() and not p.relative_to(target).as_posix().startswith(".staging/")}
+
+
+def test_a_failed_run_leaves_the_target_as_it_was_and_keeps_its_work_aside(toy_runner, tmp_path):
+    runner, _ = toy_runner
+    out = tmp_path / "out"
+    assert runner.main(["--preset", "smoke", "--out", str(out), "--set", "value=0.5"]) == 0
+    before = _committed(out)
+    assert "results/index.md" in before and "results/run_times.json" in before
+    assert runner.main(["--preset", "smoke", "--out", str(out), "--set", "value=0.75", "--set", "fail=true"]) == 1
+    assert _committed(out) == before  # tables, executed notebook, index.md and run_times.json untouched
+    staged = out / runner.STAGING / "results" / "toy_notebook"
+    assert pd.read_csv(staged / "numbers.csv")["reproduced"].tolist() == [0.75]  # nothing computed is lost
+    assert "boom on purpose" in (staged / "toy_notebook.ipynb").read_text()
+
+
+def test_a_successful_run_replaces_each_notebook_folder_and_clears_the_staging(toy_runner, tmp_path):
+    runner, _ = toy_runner
+    out = tmp_path / "out"
+    stale = out / "results" / "toy_notebook" / "stale_table.csv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("from an older run\n")
+    assert runner.main(["--preset", "smoke", "--out", str(out), "--set", "value=0.5"]) == 0
+    assert not stale.exists(), "a table the notebook no longer writes must not survive beside the new ones"
+    assert pd.read_csv(out / "results" / "toy_notebook" / "numbers.csv")["reproduced"].tolist() == [0.5]
+    assert not (out / runner.STAGING).exists()
+
+
+def test_only_the_plain_default_run_targets_the_committed_results(toy_runner):
+    runner, repo = toy_runner
+
+    def target(*argv):
+        args = runner.parse_args(list(argv))
+        return runner.target_of(args, runner.parse_overrides(args.set))
+
+    assert target() == repo
+    assert target("--preset", "smoke") == repo / "scratch" / "smoke"
+    assert target("--set", "seed=1") == repo / "scratch" / "default"
+    assert target("--device", "cuda") == repo / "scratch" / "default"
+    assert target("--out", "/tmp/x") == Path("/tmp/x")
+
+
+def test_a_second_run_into_the_same_target_is_refused(toy_runner, tmp_path):
+    import os
+
+    runner, _ = toy_runner
+    staging = tmp_path / "out" / runner.STAGING
+    staging.mkdir(parents=True)
+    (staging / ".lock").write_text(str(os.getppid()))  # a live process that is not this one
+    with pytest.raises(SystemExit, match="another run"):
+        runner.main(["--preset", "smoke", "--out", str(tmp_path / "out")])
+
+
+def test_a_misspelt_parameter_stops_before_any_notebook_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "visualsearch.runner", "--only", "triplet_product_search",
+                           "--set", "train.stepz=3", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "train.stepz" in proc.stderr and "triplet_product_search" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_truncated_run_times_file_is_started_afresh(tmp_path):
+    from visualsearch.runner import record_times
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run_times.json").write_text('{"default": {"tri')
+    assert record_times(tmp_path, "default", "nb", 12.0, warm=False) == {"cold_s": 12.0}

@@ -30,6 +30,31 @@ def configs_dir() -> Path:
     return repo_root() / "configs"
 
 
+def scratch_dir(preset: str) -> Path:
+    """Where a run that is not the committed reproduction writes (git-ignored): a notebook run from JupyterLab
+    at its own parameters, or `./run_all.sh` at another preset or with overrides and no --out."""
+    return repo_root() / "scratch" / preset
+
+
+def display_path(path) -> str:
+    """`path` relative to the repository root when inside it (what notebooks print and provenance records:
+    no machine paths in committed files), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(repo_root().resolve()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
+def resolve_out_dir(out_dir, preset: str) -> Path:
+    """The folder that receives results/ and figures/: `out_dir` (relative paths are taken from the repository
+    root, since papermill runs a notebook from notebooks/), or the preset's scratch folder when None."""
+    if out_dir is None or out_dir == "":
+        return scratch_dir(preset)
+    path = Path(out_dir)
+    return path if path.is_absolute() else repo_root() / path
+
+
 class Params(dict):
     """A validated parameter dict with attribute access (`p.steps` as well as `p["steps"]`)."""
 
@@ -117,5 +142,5 @@ def load_params(notebook: str, preset: str = "smoke", overrides: dict | None = N
     if data_root is not None and not Path(data_root).is_dir():
         raise ConfigError(f"data_root '{data_root}' is not a folder")
     params.update(preset=preset, data_root=str(data_root) if data_root else None, device=device,
-                  out_dir=str(Path(out_dir).resolve()) if out_dir else str(repo_root()))
+                  out_dir=display_path(resolve_out_dir(out_dir, preset)))
     return Params(params)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic
-from .config import repo_root
+from .config import display_path, repo_root, resolve_out_dir
 
 TIDY_COLUMNS = ["method", "dataset", "metric", "reproduced", "reported", "reported_source", "data", "preset"]
 FIGSIZES = {"single": (4.0, 3.0), "wide": (8.0, 3.2), "square": (4.5, 4.5), "grid": (8.0, 6.0), "tall": (8.0, 9.0)}
@@ -129,6 +129,66 @@ def context_rows(paper: str, table: str) -> pd.DataFrame:
                          "reported_source": [f"{s} [{st}]" for s, st in zip(ref["source"], ref["status"])]})
 
 
+# ---------------------------------------------------------------- what a notebook shows
+
+SMOKE_NOTE = ("Smoke preset: tiny data and models that test the code, not the papers; the checks run but no "
+              "verdict is drawn. The committed default run holds the verdicts.")
+
+
+def verdict_of(passed: bool, preset: str) -> str:
+    """The words a claims table shows: a smoke-size run draws no verdict."""
+    if preset == "smoke":
+        return "not evaluated (smoke size)"
+    return "reproduced" if passed else "NOT REPRODUCED"
+
+
+def _number_format(values: pd.Series) -> str:
+    """Digits a column is shown with: 3 for fractions, 1 for percentages and other scores, 0 for counts."""
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    if finite.empty:
+        return "{:.3f}"
+    if (finite == finite.round()).all() and finite.abs().max() >= 10:
+        return "{:,.0f}"
+    return "{:.3f}" if finite.abs().max() <= 1.0 else "{:.1f}"
+
+
+def show(df: pd.DataFrame):
+    """A DataFrame as a notebook shows it: no row index, numbers rounded per column (`_number_format`),
+    missing values blank. Returns a pandas Styler (HTML in JupyterLab and in the executed copies)."""
+    df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+    formats = {c: _number_format(df[c]) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
+               and not pd.api.types.is_bool_dtype(df[c])}
+    return df.style.hide(axis="index").format(formats, na_rep="")
+
+
+class Table:
+    """What `Reporter.table` returns: the written table's wide view, shown by `show` (rounded, no row index,
+    published numbers with their source). `.frame` is the DataFrame for further work."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def _repr_html_(self) -> str:
+        return show(self.frame).to_html()
+
+    def __repr__(self) -> str:
+        return self.frame.to_string(index=False)
+
+
+def _show_inline(png: bytes, fig) -> None:
+    """Display the saved PNG in a running notebook (works whatever the matplotlib backend, so papermill's
+    executed copies carry every figure); nothing outside IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    width = int(fig.get_figwidth() * 110)  # the theme's screen dpi: the PNG is saved at 150 for print
+    display(Image(data=png, format="png", width=width))
+
+
 # ---------------------------------------------------------------- the reporter
 
 class Reporter:
@@ -138,7 +198,7 @@ class Reporter:
         self.notebook = notebook
         self.params = dict(params)
         self.preset = self.params.get("preset", "?")
-        out = Path(self.params.get("out_dir") or repo_root())
+        out = resolve_out_dir(self.params.get("out_dir"), self.preset)
         self.results_dir = out / "results" / notebook
         self.figures_dir = out / "figures" / notebook
         self.seed = seed if seed is not None else self.params.get("seed")
@@ -151,6 +211,22 @@ class Reporter:
         from .train import dist_info
         self.enabled = dist_info()[0] == 0    # under torchrun only rank 0 writes
         set_theme()
+        if self.enabled:
+            print(self.where())
+
+    def where(self) -> str:
+        """Where this run writes, and where the committed default run is: the first thing a reader needs."""
+        res, figs = display_path(self.results_dir), display_path(self.figures_dir)
+        committed = f"results/{self.notebook}/{self.notebook}.ipynb"
+        staging = self.results_dir.parent.parent
+        if staging.name == ".staging":  # ./run_all.sh writes aside, then moves the folders into place
+            final = staging.parent
+            res, figs = display_path(final / "results" / self.notebook), display_path(final / "figures" / self.notebook)
+            return (f"Preset '{self.preset}', run by ./run_all.sh: tables go to {res}/, figures to {figs}/ (written in "
+                    f"{display_path(staging)}/ first, moved there when every notebook of the run succeeded).")
+        return (f"Preset '{self.preset}': tables go to {res}/, figures to {figs}/.\n"
+                f"The committed default run (./run_all.sh) is results/{self.notebook}/ and figures/{self.notebook}/; "
+                f"its executed notebook is {committed}.")
 
     # provenance --------------------------------------------------------
     def note_data(self, description: str, fingerprint: str, skips=None) -> None:
@@ -178,8 +254,9 @@ class Reporter:
                           json.dumps(self.provenance(path.name, extra), indent=1, default=str))
 
     # tables -------------------------------------------------------------
-    def table(self, name: str, df: pd.DataFrame, data: str, note: str = "") -> pd.DataFrame:
-        """Write a tidy table as CSV + markdown + sidecar; return a wide view (metrics as columns) to show."""
+    def table(self, name: str, df: pd.DataFrame, data: str, note: str = "") -> "Table":
+        """Write a tidy table as CSV + markdown + sidecar; return its wide view (metrics as columns) as a
+        `Table`, which a notebook shows rounded and without a row index (`.frame` is the DataFrame)."""
         missing = {"method", "dataset", "metric", "reproduced"} - set(df.columns)
         if missing:
             raise ValueError(f"table '{name}' lacks the tidy columns {sorted(missing)}")
@@ -192,7 +269,7 @@ class Reporter:
         df = df[TIDY_COLUMNS + [c for c in df.columns if c not in TIDY_COLUMNS]]
         csv = self.results_dir / f"{name}.csv"
         if not self.enabled:
-            return self.wide(df)
+            return Table(self.wide(df))
         atomic.write_text(csv, df.to_csv(index=False))
         md = f"# {self.notebook}: {name}\n\nData: {data}. Preset: {self.preset}.\n"
         md += (f"\n{note}\n" if note else "") + "\n" + markdown_table(self.wide(df)) + "\n"
@@ -200,7 +277,7 @@ class Reporter:
         atomic.write_text(csv.with_suffix(".md"), md)
         self._sidecar(csv, {"data_description": data, "note": note})
         self.written.append(csv)
-        return self.wide(df)
+        return Table(self.wide(df))
 
     @staticmethod
     def wide(df: pd.DataFrame) -> pd.DataFrame:
@@ -217,28 +294,39 @@ class Reporter:
                                     aggfunc="first").reindex(columns=[m for m in order if m in set(rep["metric"])])
             rwide.columns = [f"{c} (reported)" for c in rwide.columns]
             out = out.join(rwide)
+            if "reported_source" in rep:  # where each published number comes from, and its status
+                src = rep.groupby(["method", "dataset"], sort=False)["reported_source"].agg(
+                    lambda v: "; ".join(dict.fromkeys(str(x) for x in v if isinstance(x, str))))
+                out["reported source"] = src.reindex(out.index)
         return out.reset_index()
 
     # figures ------------------------------------------------------------
-    def figure(self, name: str, fig, data: str = "") -> Path:
-        """Save `fig` as PNG and PDF (+ sidecar) and return the PNG path."""
+    def figure(self, name: str, fig, data: str = "") -> None:
+        """Save `fig` as PNG and PDF (+ sidecar), show the saved PNG inline when running in a notebook, and
+        close the figure (so the inline backend does not draw it a second time). Returns nothing, so a cell
+        that ends with it shows the figure and no path."""
         png = self.figures_dir / f"{name}.png"
-        if not self.enabled:
-            return png
-        for ext in ("png", "pdf"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext)
-            atomic.atomic_write(png.with_suffix(f".{ext}"), lambda f: f.write(buf.getvalue()))
-        self._sidecar(png, {"data_description": data})
-        self.written.append(png)
-        return png
+        if self.enabled:
+            buffers = {}
+            for ext in ("png", "pdf"):
+                buffers[ext] = buf = io.BytesIO()
+                fig.savefig(buf, format=ext)
+                atomic.atomic_write(png.with_suffix(f".{ext}"), lambda f, b=buf: f.write(b.getvalue()))
+            self._sidecar(png, {"data_description": data})
+            self.written.append(png)
+            _show_inline(buffers["png"].getvalue(), fig)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
     # claims -------------------------------------------------------------
     def check(self, claim: str, passed: bool, detail: str, measured: float | None = None) -> bool:
         """Record whether a claim of the paper held on this preset. Never raises: a claim that does not
-        reproduce is a result, written into claims.csv with its numbers."""
+        reproduce is a result, written into claims.csv with its numbers. At the smoke preset (tiny data and
+        models, a test of the code) the check still runs but its verdict is "not evaluated"."""
         self.claims = [c for c in self.claims if c["claim"] != claim]
-        self.claims.append({"claim": claim, "reproduced": bool(passed), "detail": detail,
+        verdict = verdict_of(bool(passed), self.preset)
+        self.claims.append({"claim": claim, "reproduced": bool(passed), "verdict": verdict, "detail": detail,
                             "measured": measured, "preset": self.preset})
         df = pd.DataFrame(self.claims)
         csv = self.results_dir / "claims.csv"
@@ -246,13 +334,16 @@ class Reporter:
             return bool(passed)
         atomic.write_text(csv, df.to_csv(index=False))
         atomic.write_text(csv.with_suffix(".md"), f"# {self.notebook}: claims checked on preset {self.preset}\n\n"
-                          + markdown_table(df[["claim", "reproduced", "detail"]]))
+                          + (SMOKE_NOTE + "\n\n" if self.preset == "smoke" else "")
+                          + markdown_table(df[["claim", "verdict", "detail"]]))
         self._sidecar(csv)
-        print(f"[{'REPRODUCED' if passed else 'NOT REPRODUCED'}] {claim}: {detail}")
+        print(f"[{verdict}] {claim}: {detail}")
         return bool(passed)
 
-    def claims_table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.claims)
+    def claims_table(self) -> "Table":
+        """The claims checked so far, to show in the notebook (claim, verdict, numbers)."""
+        df = pd.DataFrame(self.claims)
+        return Table(df[["claim", "verdict", "detail"]] if len(df) else df)
 
 
 # ---------------------------------------------------------------- the index page
@@ -276,8 +367,11 @@ def write_index(out_dir, notebooks: list[str] | None = None, summary: list[dict]
         claims = res / nb / "claims.csv"
         if claims.is_file():
             c = pd.read_csv(claims)
+            if "verdict" not in c:
+                c["verdict"] = [verdict_of(bool(r), str(pre)) for r, pre in zip(c["reproduced"], c["preset"])]
+            mark = {"reproduced": "✅", "NOT REPRODUCED": "❌"}
             lines += ["Claims checked:", ""] + [
-                f"- {'✅' if r.reproduced else '❌'} {r.claim}: {r.detail}" for r in c.itertuples()] + [""]
+                f"- {mark.get(r.verdict, '⏸')} {r.claim} ({r.verdict}): {r.detail}" for r in c.itertuples()] + [""]
         for csv in sorted((res / nb).glob("*.csv")):
             if csv.name == "claims.csv":
                 continue

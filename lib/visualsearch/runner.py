@@ -1,15 +1,21 @@
 """Run the companion's notebooks with papermill: what `./run_all.sh` calls.
 
 Each notebook runs in its own papermill process (its own kernel) with the preset, data root, device and
-output folder injected into its `parameters` cell; several run at once with --jobs. The executed notebook
-is saved under <out>/results/<notebook>/<notebook>.ipynb even when a cell fails, and the summary names the
-failing cell. At the end results/index.md gathers every table and figure of the run.
+output folder injected into its `parameters` cell; several run at once with --jobs.
+
+Where outputs go: only the default preset with no overrides, no data root, on the CPU and without --out is
+the committed reproduction (results/ and figures/ of the repository); any other run goes to --out or to the
+preset's git-ignored scratch folder (scratch/<preset>/). Every run writes aside first, into `.staging/` under
+its target, and moves each notebook's results/ and figures/ folders into place only when every notebook of
+the run succeeded; index.md and run_times.json are written after that. A failed run leaves the target as it
+was and keeps its executed notebooks (with the failing cell) in the staging folder.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,10 +26,11 @@ from pathlib import Path
 import yaml
 
 from . import atomic
-from .config import PRESETS, repo_root
+from .config import PRESETS, ConfigError, display_path, load_params, repo_root, scratch_dir
+from .notebook_files import KERNEL_NAME as KERNEL
 from .report import write_index
 
-KERNEL = "visualsearch"
+STAGING = ".staging"  # the folder, under a run's target, that a run writes into before its outputs move
 
 
 @dataclass
@@ -79,15 +86,18 @@ def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, devi
     res.mkdir(parents=True, exist_ok=True)
     run.output, run.log = res / f"{notebook}.ipynb", res / f"{notebook}.papermill.log"
     params = {"preset": preset, "data_root": str(data_root) if data_root else None, "device": device,
-              "out_dir": str(out_dir), "overrides": overrides or {}}
+              "out_dir": display_path(out_dir), "overrides": overrides or {}}
     source_dir = Path(source_dir) if source_dir else notebooks_dir()
     cmd = [sys.executable, "-m", "papermill", str(source_dir / f"{notebook}.ipynb"), str(run.output),
            "-k", KERNEL, "-y", yaml.safe_dump(params), "--execution-timeout", str(cell_timeout),
            "--cwd", str(source_dir), "--no-progress-bar", "--log-output"]
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a busy 2-core machine
-    # spinning threads made training steps up to 20x slower (measured while tuning the triplet notebook)
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    # spinning threads made training steps up to 20x slower (measured while tuning the triplet notebook).
+    # Progress as text lines: widget bars saved without their widget state show as errors in the copies.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, as in JupyterLab
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("VISUALSEARCH_PROGRESS", "text")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
@@ -113,7 +123,13 @@ def record_times(out_dir: Path, preset: str, label: str, wall_s: float, warm: bo
     """Keep the last cold (something trained) and warm (all from cache) time per preset and per `label`:
     a notebook's name, or "all notebooks" for a run of every notebook. Returns {cold_s, warm_s} of `label`."""
     path = _times_file(out_dir)
-    times = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        times = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        print(f"warning: {display_path(path)} was not valid JSON; starting it afresh", file=sys.stderr)
+        times = {}
+    if not isinstance(times, dict):
+        times = {}
     if any(not isinstance(v, dict) for v in times.get(preset, {}).values()):
         times[preset] = {}  # an older file kept one total per preset, whatever notebooks ran: start afresh
     times.setdefault(preset, {}).setdefault(label, {})["warm_s" if warm else "cold_s"] = round(wall_s, 1)
@@ -177,6 +193,80 @@ def _check_kernel() -> None:
                  f"(./run_all.sh does it for you)")
 
 
+def _check_parameters(names: list[str], args, overrides: dict) -> None:
+    """Validate the preset, --set keys, data root and device for every notebook before any runs: a typo
+    must stop the run at once, not after the first notebook trained."""
+    problems = []
+    for name in names:
+        try:
+            load_params(name, args.preset, overrides, data_root=args.data_root, device=args.device)
+        except ConfigError as e:
+            problems.append(f"  {name}: {e}")
+    if problems:
+        hint = "" if args.only else " (--set applies to every notebook run; choose them with --only)"
+        sys.exit("error: invalid parameters" + hint + "\n" + "\n".join(problems))
+    if str(args.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device {args.device}, but torch sees no CUDA GPU on this machine")
+
+
+def target_of(args, overrides: dict) -> Path:
+    """Where this run's outputs end up (see the module docstring)."""
+    if args.out:
+        return Path(args.out).resolve()
+    if args.preset == "default" and not overrides and not args.data_root and args.device == "cpu":
+        return repo_root()
+    return scratch_dir(args.preset)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_staging(target: Path) -> Path:
+    """An empty staging folder under `target`, locked by this process's pid (a second run into the same
+    target stops with a message instead of mixing its files with the first's)."""
+    staging = target / STAGING
+    lock = staging / ".lock"
+    if lock.is_file():
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except ValueError:
+            pid = 0
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            sys.exit(f"error: another run (pid {pid}) is writing into {display_path(target)}; wait for it, or "
+                     f"choose another folder with --out")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))
+    return staging
+
+
+def publish(staging: Path, target: Path, names: list[str]) -> None:
+    """Move each notebook's results/<nb> and figures/<nb> from `staging` into `target`, replacing the old
+    folders (a rename each: the old folder is removed only after the new one is in place)."""
+    for name in names:
+        for sub in ("results", "figures"):
+            src, dst = staging / sub / name, target / sub / name
+            if not src.is_dir():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            old = dst.with_name(f".{name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if dst.exists():
+                dst.rename(old)
+            src.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = available()
@@ -191,19 +281,24 @@ def main(argv=None) -> int:
     if args.data_root and not Path(args.data_root).is_dir():
         sys.exit(f"error: --data-root {args.data_root} is not a folder")
     overrides = parse_overrides(args.set)
+    _check_parameters(names, args, overrides)
     _check_kernel()
-    out_dir = Path(args.out).resolve() if args.out else repo_root()
+    target = target_of(args, overrides)
+    staging = prepare_staging(target)
     jobs = max(1, args.jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    what = ("the committed reproduction" if target == repo_root() else
+            "scratch, not the committed reproduction" if target.parent == scratch_dir(args.preset).parent else "--out")
     print(f"running {len(names)} notebook(s) with preset '{args.preset}' on {args.device}, {jobs} at a time; "
-          f"outputs under {out_dir}/results and {out_dir}/figures", flush=True)
+          f"outputs go to {display_path(target)}/results and {display_path(target)}/figures ({what}) once every "
+          f"notebook succeeded", flush=True)
 
     t0 = time.time()
 
     def one(i_name):
         i, name = i_name
         print(f"[{i + 1}/{len(names)}] {name}: started", flush=True)
-        run = run_notebook(name, args.preset, out_dir, args.data_root, args.device, overrides,
+        run = run_notebook(name, args.preset, staging, args.data_root, args.device, overrides,
                            args.cell_timeout, threads)
         extra = f" ({run.failure})" if run.failure else ""
         print(f"[{i + 1}/{len(names)}] {name}: {run.status} in {run.wall_s:.0f} s{extra}", flush=True)
@@ -212,36 +307,44 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         runs = list(pool.map(one, enumerate(names)))
     total = time.time() - t0
-
-    summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset} for r in runs]
-    write_index(out_dir, summary=summary)
     ok = all(r.status == "ok" for r in runs)
-    every = sorted(names) == sorted(available())
-    warm = {r.notebook: _cache_was_warm(out_dir, [r]) for r in runs if r.status == "ok"}
-    times = {r.notebook: record_times(out_dir, args.preset, r.notebook, r.wall_s, warm[r.notebook])
-             for r in runs if r.notebook in warm}
-    if ok and every:
-        times[ALL] = record_times(out_dir, args.preset, ALL, total, warm=all(warm.values()))
+    if not ok:
+        print("\nsummary")
+        for r in runs:
+            print(f"  {r.notebook:32s} {r.status:7s} {r.wall_s:7.0f} s")
+        for r in runs:
+            if r.status != "ok":
+                print(f"\nFAILED: {r.notebook}: {r.failure}\n  executed notebook with the traceback: "
+                      f"{display_path(r.output)}\n  papermill log: {display_path(r.log)}", file=sys.stderr)
+        print(f"\nnothing was moved into {display_path(target)}: its results/ and figures/ are as they were. This "
+              f"run's outputs stay in {display_path(staging)} until the next run; trained models are cached, so a "
+              f"rerun repeats only what failed.", file=sys.stderr)
+        return 1
+
+    warm = {r.notebook: _cache_was_warm(staging, [r]) for r in runs}
+    written = {r.notebook: [p.name for p in r.written] for r in runs}
+    publish(staging, target, names)
+    summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset} for r in runs]
+    write_index(target, summary=summary)
+    times = {r.notebook: record_times(target, args.preset, r.notebook, r.wall_s, warm[r.notebook]) for r in runs}
+    if sorted(names) == sorted(available()):
+        times[ALL] = record_times(target, args.preset, ALL, total, warm=all(warm.values()))
+    shutil.rmtree(staging, ignore_errors=True)
 
     print("\nsummary")
     for r in runs:
-        tables = [p.name for p in r.written if p.suffix == ".csv"]
-        figures = [p.name for p in r.written if p.suffix == ".png"]
+        tables = [n for n in written[r.notebook] if n.endswith(".csv")]
+        figures = [n for n in written[r.notebook] if n.endswith(".png")]
         print(f"  {r.notebook:32s} {r.status:7s} {r.wall_s:7.0f} s   {len(tables)} tables, {len(figures)} figures")
-        if r.notebook in times:
-            print(f"    preset '{args.preset}': {_times_text(times[r.notebook])}")
+        print(f"    preset '{args.preset}': {_times_text(times[r.notebook])}")
         if tables:
             print(f"    tables:  {', '.join(tables)}")
         if figures:
             print(f"    figures: {', '.join(figures)}")
     print(f"  total {total:.0f} s" + (f"; all notebooks, preset '{args.preset}': {_times_text(times[ALL])}"
                                        if ALL in times else ""))
-    print(f"  index of every table and figure: {out_dir / 'results' / 'index.md'}")
-    for r in runs:
-        if r.status != "ok":
-            print(f"\nFAILED: {r.notebook}: {r.failure}\n  executed notebook with the traceback: {r.output}"
-                  f"\n  papermill log: {r.log}", file=sys.stderr)
-    return 0 if ok else 1
+    print(f"  index of every table and figure: {display_path(target / 'results' / 'index.md')}")
+    return 0
 
 
 if __name__ == "__main__":

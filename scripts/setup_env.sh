@@ -3,7 +3,7 @@
 # library (editable) into it, and register the Jupyter kernel "visualsearch" inside it. Idempotent and fast
 # when nothing changed (a stamp records the hash of requirements.txt + pyproject.toml).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd -P)
 venv="${VISUALSEARCH_VENV:-$root/.venv}"
 py="${PYTHON:-}"
 if [ -z "$py" ]; then
@@ -20,7 +20,11 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.visualsearch-installed"
-want=$(cat "$root/requirements.txt" "$root/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+# the stamp covers this checkout's path too: a venv shared by two checkouts (VISUALSEARCH_VENV) is re-pointed
+# at the one being run, instead of silently running the other's code
+want=$( (cat "$root/requirements.txt" "$root/pyproject.toml" "$0"; echo "$root") | sha256sum | cut -c1-16)
+installed_at=$("$venv/bin/python" -c 'import visualsearch, pathlib; print(pathlib.Path(visualsearch.__file__).resolve().parents[2])' 2>/dev/null || true)
+[ "$installed_at" = "$root" ] || rm -f "$venv/.visualsearch-installed"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned requirements into $venv (a few minutes the first time)"
   "$venv/bin/python" -m pip install -q -r "$root/requirements.txt" 2>&1 | grep -v -i "warning: location" || true

@@ -151,3 +151,71 @@ def test_a_truncated_run_times_file_is_started_afresh(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "run_times.json").write_text('{"default": {"tri')
     assert record_times(tmp_path, "default", "nb", 12.0, warm=False) == {"cold_s": 12.0}
+
+
+def test_numbers_in_exponent_form_are_floats():
+    from visualsearch.runner import parse_overrides
+
+    assert parse_overrides(["train.lr=1e-3", "name=1e3x", "seed=3"]) == {"train": {"lr": 0.001}, "name": "1e3x",
+                                                                         "seed": 3}
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def _alive(pids) -> set[int]:
+    import os
+
+    out = set()
+    for p in pids:
+        try:
+            os.kill(p, 0)
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                out.add(p)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_name):
+    """SIGTERM: the runner stops its notebooks and says so in one line. SIGKILL (no chance to clean up):
+    papermill gets SIGTERM from the kernel's parent-death signal and its kernel exits on its own."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "visualsearch.runner", "--preset", "smoke", "--only",
+                             "triplet_product_search", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_descendants(proc.pid)) < 2:  # papermill and its kernel
+        time.sleep(0.5)
+    time.sleep(2)
+    below = _descendants(proc.pid)
+    assert len(below) >= 2, "papermill and its kernel did not start"
+    os.kill(proc.pid, getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(below):
+        time.sleep(0.5)
+    assert not _alive(below), f"still running after {signal_name} to the runner: {_alive(below)}"
+    if signal_name == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (tmp_path / "results" / "triplet_product_search").exists()

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write: Callable[[io.IOBase], None], mode: str = "wb") -> Path:
     """Call `write(fileobj)` on a temporary file in the target's folder, then rename it onto `path`."""
     path = Path(path)
@@ -19,6 +25,7 @@ def atomic_write(path, write: Callable[[io.IOBase], None], mode: str = "wb") -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +78,34 @@ def _outputs(out_dir: Path, notebook: str, since: float) -> list[Path]:
     return sorted(found)
 
 
+# papermill started so that it ends with the runner, even when the runner is killed with SIGKILL: Linux's
+# parent-death signal (prctl PR_SET_PDEATHSIG, kept across exec) sends it SIGTERM. Its kernel then exits by
+# itself (ipykernel polls its parent). Elsewhere the prctl call is skipped.
+_PAPERMILL_DYING_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\nexcept Exception:\n    pass\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'papermill', *sys.argv[1:]])")
+_RUNNING: set = set()  # papermill processes of this runner, stopped when the runner is asked to stop
+
+
+def _stop_on_signal(signum, frame) -> None:
+    """SIGINT/SIGTERM/SIGHUP: stop every papermill (and so its kernel) of this run, then exit with one line."""
+    for proc in list(_RUNNING):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in list(_RUNNING):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    name = signal.Signals(signum).name
+    print(f"\nstopped by {name}: the notebooks of this run were stopped; nothing was moved into place (the "
+          f"committed results are as they were). Trained models already cached are kept.", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
 def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, device: str = "cpu",
                  overrides: dict | None = None, cell_timeout: int = 3600, threads: int | None = None,
                  source_dir: Path | None = None) -> NotebookRun:
@@ -88,7 +118,7 @@ def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, devi
     params = {"preset": preset, "data_root": str(data_root) if data_root else None, "device": device,
               "out_dir": display_path(out_dir), "overrides": overrides or {}}
     source_dir = Path(source_dir) if source_dir else notebooks_dir()
-    cmd = [sys.executable, "-m", "papermill", str(source_dir / f"{notebook}.ipynb"), str(run.output),
+    cmd = [sys.executable, "-c", _PAPERMILL_DYING_WITH_PARENT, str(source_dir / f"{notebook}.ipynb"), str(run.output),
            "-k", KERNEL, "-y", yaml.safe_dump(params), "--execution-timeout", str(cell_timeout),
            "--cwd", str(source_dir), "--no-progress-bar", "--log-output"]
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning; on a busy 2-core machine
@@ -102,7 +132,12 @@ def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, devi
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
     with open(run.log, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        _RUNNING.add(proc)
+        try:
+            proc.wait()
+        finally:
+            _RUNNING.discard(proc)
     run.wall_s = time.time() - t0
     run.status = "ok" if proc.returncode == 0 else "failed"
     if proc.returncode != 0:
@@ -181,8 +216,16 @@ def parse_overrides(items: list[str]) -> dict:
             section = section.setdefault(name, {})
             if not isinstance(section, dict):
                 sys.exit(f"error: --set {item}: '{name}' was already set to a value, not a section")
-        section[leaf] = yaml.safe_load(v)
+        section[leaf] = _yaml_value(v)
     return overrides
+
+
+def _yaml_value(text: str):
+    """A --set value parsed as YAML, except that numbers like 1e-3 (YAML 1.1 wants 1.0e-3) are floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 def _check_kernel() -> None:
@@ -283,6 +326,8 @@ def main(argv=None) -> int:
     overrides = parse_overrides(args.set)
     _check_parameters(names, args, overrides)
     _check_kernel()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     target = target_of(args, overrides)
     staging = prepare_staging(target)
     jobs = max(1, args.jobs)

@@ -32,11 +32,39 @@
 # faces world written in FairFace's format, built so that emotion (and part of age) varies from photo to photo of
 # the same person, i.e. is a nuisance for identity.
 
+# %% [markdown]
+# ## Running this notebook
+#
+# **Reproduces** the paper's per-attribute accuracy by branch depth from an identity network, and its sharing
+# pattern for all four attributes within 1 GFLOP.
+#
+# **Run All, by preset** (times on a 2-core CPU):
+# - `smoke`, the parameters cell's default (about 40 s the first time): tiny synthetic data and models that test
+#   the code, not the paper; its claims read "not evaluated".
+# - `default` (the committed run took about 10 minutes (605 s) the first time and 16.5 s again with the result cache
+#   warm, `results/run_times.json`): synthetic faces at a size where the paper's effects show (40 px, 3 fine-tuning
+#   seeds).
+# - `paper` (meant for a GPU; its time is not measured here): the real identity, FairFace and FER2013 data under
+#   `data_root`, a wider trunk at 112 px and long schedules.
+#
+# - **Switch preset:** set `preset = "default"` in the parameters cell below. To change one parameter, e.g. the
+#   fine-tuning steps of every branch: `overrides = {"finetune": {"steps": 300}}` (every parameter is in
+#   `configs/face_attribute_sharing/default.yaml`).
+# - **Where outputs go:** a run from JupyterLab writes to `scratch/<preset>/results/face_attribute_sharing/` and
+#   `scratch/<preset>/figures/face_attribute_sharing/` (git-ignored; the cell after the parameters prints where).
+#   Only `./run_all.sh` at the default preset writes the committed `results/` and `figures/`.
+# - **The committed default run:** `results/face_attribute_sharing/face_attribute_sharing.ipynb` (executed, every
+#   figure inline), its verdicts in `results/face_attribute_sharing/claims.md`, all four papers on one page in
+#   `results/index.md`.
+# - **Saving:** JupyterLab saves this notebook *without its outputs*, by design: the source stays clean for review,
+#   and outputs live in the executed copies. To keep a run with its outputs, save a copy into `scratch/`
+#   (File > Save Notebook As...).
+
 # %% tags=["parameters"]
 preset = "smoke"      # smoke | default | paper
 data_root = None      # folder with the real dataset(s); None = synthetic world
 device = "cpu"        # cpu | cuda
-out_dir = None        # where results/ and figures/ go; None = the repository root
+out_dir = None        # where results/ and figures/ go; None = scratch/<preset>/ (git-ignored)
 overrides = {}        # parameter overrides, validated against configs/face_attribute_sharing/default.yaml
 
 # %%
@@ -48,7 +76,7 @@ from visualsearch.cache import ResultCache
 from visualsearch.config import load_params
 from visualsearch.data.faces import EMOTIONS, emotion_grid
 from visualsearch.flops import count_flops
-from visualsearch.report import Reporter, context_rows
+from visualsearch.report import Reporter, context_rows, show
 
 p = load_params("face_attribute_sharing", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
 rep = Reporter("face_attribute_sharing", p)
@@ -129,21 +157,27 @@ rep.figure("accuracy_vs_depth", fig, data=DATA)
 # when branching earlier than the head-only layer; gender and ethnicity must each gain less than half of
 # emotion's gain. The right panel above is the capacity control: if accuracy still falls with depth when the
 # trainable part is the same at every depth, the loss comes from the frozen identity features, not from
-# training fewer layers.
+# training fewer layers. At the smoke preset (the parameters cell's default) these checks run but draw no verdict
+# ("not evaluated (smoke size)"); the committed default run's verdicts are in
+# `results/face_attribute_sharing/claims.md`. The table below the checks sets fine-tuning beside the probe,
+# with the trainable parameters of each.
 
 # %%
 for claim, ok, detail, measured in fa.depth_claims(runs_df):
     rep.check(claim, ok, detail, measured)
 control = fa.control_summary(runs_df)
-control
+show(control)
 
 # %% [markdown]
-# **How firm these are.** The default preset was cut to fit 10 minutes on 2 cores (40 px input, 1000 trunk
-# steps, 200 fine-tuning steps). A larger run of the same notebook (48 px, 1200 and 300 steps: 1235 s on 2
-# cores, 2026-11-27) gave the same picture for emotion (+0.198 over head-only, seed spread 0.016), age
-# (+0.056, spread 0.038) and ethnicity (+0.019), but there **gender gained +0.102, more than half of emotion's
-# gain, and the "gender gains little" check failed**. Read that check as fragile on this world. To rerun the
-# larger setting: `./run_all.sh --only face_attribute_sharing --set model.input_size=48 --set trunk.steps=1200
+# **How firm these are.** These numbers are of the default preset, not of this run. The default preset was cut
+# to fit 10 minutes on 2 cores (40 px input, 1000 trunk steps, 200 fine-tuning steps). In the committed default
+# run (`results/face_attribute_sharing/claims.md`) all four depth claims reproduced: emotion gained +0.208 over
+# head-only (seed spread 0.021), age +0.024 (spread 0.010), gender +0.052 and ethnicity +0.038. A larger run of
+# the same notebook (48 px, 1200 and 300 steps: 1235 s on 2 cores, 2026-11-27, not committed) gave the same
+# picture for emotion (+0.198 over head-only, seed spread 0.016), age (+0.056, spread 0.038) and ethnicity
+# (+0.019), but there **gender gained +0.102, more than half of emotion's gain, and the "gender gains little"
+# check failed**. Read that check as fragile on this world. To rerun the larger setting:
+# `./run_all.sh --only face_attribute_sharing --set model.input_size=48 --set trunk.steps=1200
 # --set finetune.steps=300`.
 
 # %% [markdown]
@@ -164,10 +198,10 @@ front = sharing.pareto_front(patterns, p.sharing.convention)
 chosen = sharing.choose_pattern(patterns, p.sharing.budget, p.sharing.convention)
 named = fa.named_patterns(patterns, summary, p)
 shown = fa.patterns_to_show(patterns, front, chosen, named)
+print("chosen:", chosen["pattern"], f"{chosen['flops'] / 1e9:.3f} GFLOPs = {chosen['macs'] / 1e9:.3f} GMACs")
 rep.table("sharing_patterns", pd.concat([fr.pattern_rows(shown, DATASET, f"{S} px"),
                                           context_rows("face", "sharing_patterns")], ignore_index=True),
           data=DATA, note=f"Costs at {S} px input. Shown: the Pareto front, the chosen pattern and the baselines.")
-print("chosen:", chosen["pattern"], f"{chosen['flops'] / 1e9:.3f} GFLOPs = {chosen['macs'] / 1e9:.3f} GMACs")
 
 # %%
 fig = fr.plot_pareto(patterns, front, chosen, p.sharing.budget, p.sharing.convention, marks=named)
@@ -178,6 +212,9 @@ rep.figure("flops_vs_accuracy", fig, data=DATA)
 #
 # The branches fine-tuned with the first seed are assembled into one `MultiHeadFaceNet`; a single forward
 # pass returns all four predictions. Its cost is counted on the built network (and must equal the search's sum).
+# Two claims are checked on it after the table: its cost is within the budget, and it loses little accuracy against
+# one network per attribute. At the smoke preset they draw no verdict ("not evaluated (smoke size)"); the committed
+# default run's verdicts are in `results/face_attribute_sharing/claims.md`.
 
 # %%
 net = fa.build_multihead(trunk, sharing.pattern_of(chosen), runs, data, p.seeds[0])
@@ -195,9 +232,9 @@ rep.check("the chosen multi-head network needs at most 1 GFLOP for all four pred
           f"{counted['flops'] / 1e9:.3f} GFLOPs (2 per multiply-add) = {counted['macs'] / 1e9:.3f} G multiply-adds at "
           f"{S} px; budget {p.sharing.budget / 1e9:g} G applied to {conv}", counted[conv] / 1e9)
 loss = fa.loss_vs_separate(patterns, chosen, p)
-rep.check("the chosen network loses little accuracy against one network per attribute", loss <= 0.02,
-          f"mean accuracy {chosen['mean_accuracy']:.3f} vs {chosen['mean_accuracy'] + loss:.3f} for separate networks "
-          f"(loss {loss:+.3f}; criterion: at most 0.02)", loss)
+loss_ok = rep.check("the chosen network loses little accuracy against one network per attribute", loss <= 0.02,
+                    f"mean accuracy {chosen['mean_accuracy']:.3f} vs {chosen['mean_accuracy'] + loss:.3f} for separate "
+                    f"networks (loss {loss:+.3f}; criterion: at most 0.02)", loss)
 
 # %%
 fig = fr.plot_confusions({a: s["pred"] for a, s in one_pass.items()}, data.test, data.vocab)
@@ -209,9 +246,10 @@ rep.figure("predictions_grid", fig, data=DATA)
 # %% [markdown]
 # ## Summary
 #
-# The claims table (also in `results/face_attribute_sharing/claims.md`). A claim that does not reproduce is
-# reported with its numbers, not tuned away. The images/s of the multi-head network against four separate
-# networks is printed by `python -m visualsearch.bench face`.
+# This run's claims table (also written as `claims.md` into this run's results folder). A claim that does not
+# reproduce is reported with its numbers, not tuned away. At the smoke preset the verdicts read "not evaluated
+# (smoke size)"; the committed default run's are in `results/face_attribute_sharing/claims.md`. The images/s of
+# the multi-head network against four separate networks is printed by `python -m visualsearch.bench face`.
 
 # %%
 rep.claims_table()

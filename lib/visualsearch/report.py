@@ -147,32 +147,42 @@ def _number_format(values: pd.Series) -> str:
     finite = pd.to_numeric(values, errors="coerce").dropna()
     if finite.empty:
         return "{:.3f}"
-    if (finite == finite.round()).all() and finite.abs().max() >= 10:
+    if (finite == finite.round()).all():
         return "{:,.0f}"
     return "{:.3f}" if finite.abs().max() <= 1.0 else "{:.1f}"
 
 
-def show(df: pd.DataFrame):
-    """A DataFrame as a notebook shows it: no row index, numbers rounded per column (`_number_format`),
-    missing values blank. Returns a pandas Styler (HTML in JupyterLab and in the executed copies)."""
+def show(df) -> "Table":
+    """A DataFrame (or Series) as a notebook shows it: no row index (a meaningful index becomes columns),
+    numbers rounded per column (`_number_format`), missing values blank."""
+    if isinstance(df, pd.Series):
+        df = df.to_frame()
     df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-    formats = {c: _number_format(df[c]) for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
-               and not pd.api.types.is_bool_dtype(df[c])}
-    return df.style.hide(axis="index").format(formats, na_rep="")
+    return Table(df)
 
 
 class Table:
-    """What `Reporter.table` returns: the written table's wide view, shown by `show` (rounded, no row index,
-    published numbers with their source). `.frame` is the DataFrame for further work."""
+    """A table as a notebook shows it: HTML in JupyterLab and in the executed copies, the same rounded text
+    where only text is read. What `Reporter.table` returns (the written table's wide view, with the published
+    numbers' sources) and what `show` makes of any DataFrame. `.frame` is the DataFrame for further work."""
 
     def __init__(self, frame: pd.DataFrame):
         self.frame = frame
 
+    def _formats(self) -> dict:
+        df = self.frame
+        return {c: _number_format(df[c]) for c in df.columns
+                if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+
     def _repr_html_(self) -> str:
-        return show(self.frame).to_html()
+        return self.frame.style.hide(axis="index").format(self._formats(), na_rep="").to_html()
 
     def __repr__(self) -> str:
-        return self.frame.to_string(index=False)
+        formats = self._formats()
+        text = self.frame.copy()
+        for c, fmt in formats.items():
+            text[c] = [("" if pd.isna(v) else fmt.format(v)) for v in self.frame[c]]
+        return text.to_string(index=False)
 
 
 def _show_inline(png: bytes, fig) -> None:

@@ -119,7 +119,7 @@ def test_grid_runs_multihead_and_feature_bank_agree(tiny_world_data, one_thread)
     a = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 100), "emotion", "finetune", 2, 0, p, keep_state=True)
     b = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 0), "emotion", "finetune", 2, 0, p)
     assert a["accuracy"] == pytest.approx(b["accuracy"]) and torch.equal(a["pred"], b["pred"])
-    runs_df, runs = fa.run_grid(trunk, key, d, p, log=None)
+    runs_df, runs = fa.run_grid(trunk, key, d, p, progress=False)
     assert len(runs_df) == (3 * 2 * 4 + 4) * 2  # (finetune + probe) x depths x attributes + scratch, x seeds
     pattern = {"age": 0, "gender": 4, "ethnicity": 2, "emotion": 2}
     net = fa.build_multihead(trunk, pattern, runs, d, seed=0)

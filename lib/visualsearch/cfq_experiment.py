@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cfq_metrics as cm
+from . import progress as prog  # (`progress` and `stage` name a flag and training stages here)
 from .data import imaterialist as imat
 from .data.cfq import CFQData, CFQWorldConfig, cfq_world, read_cfq
 from .data.errors import SkipLog
@@ -429,7 +430,7 @@ class CFQExperiment:
     p: the notebook's Params (see configs/cfq_evaluation/default.yaml for every field).
     """
 
-    def __init__(self, p, cache=None, progress: bool = False):
+    def __init__(self, p, cache=None, progress: bool = True):
         from .cache import ResultCache
 
         self.p, self.cache, self.progress = p, cache or ResultCache(), progress
@@ -437,7 +438,8 @@ class CFQExperiment:
         m = p["model"]
         mean, std = ((clipmod.CLIP_MEAN, clipmod.CLIP_STD) if m["clip_path"] else ((0.5,) * 3, (0.25,) * 3))
         self.bank = ImageBank(m["image_size"], mean, std)
-        self.data = prepare_data(p, self.bank)
+        with prog.stage("reading the datasets of the grid", disable=not self.progress):
+            self.data = prepare_data(p, self.bank)
         self._tokens = None
         self._features = None
         self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
@@ -476,7 +478,8 @@ class CFQExperiment:
             t = self.p["pretrain"]
             clip = self.new_clip().to(self.device)
             cfg = TrainConfig(steps=t["steps"], lr=t["lr"], optimizer="adam", weight_decay=t["weight_decay"],
-                              seed=self.p["seed"], progress=self.progress, device=self.device, log_every=50)
+                              seed=self.p["seed"], progress=self.progress, device=self.device, log_every=50,
+                              desc="contrastive pretraining")
             start = time.time()
             res = train(clip, contrastive_step, contrastive_batches(self.data, t["batch_size"], self.p["seed"],
                                                                     self.device), cfg)
@@ -497,7 +500,10 @@ class CFQExperiment:
     def features(self) -> dict:
         """The frozen pretrained backbone's features of every bank image (computed once per session)."""
         if self._features is None:
-            self._features = backbone_features(self.pretrained_clip(), self.bank, device=self.device)
+            clip = self.pretrained_clip()
+            with prog.stage(f"frozen backbone features of {len(self.bank.paths)} images",
+                            disable=not self.progress):
+                self._features = backbone_features(clip, self.bank, device=self.device)
         return self._features
 
     def build(self, run: str):
@@ -551,9 +557,14 @@ class CFQExperiment:
         cfg = TrainConfig(steps=t["steps"], lr=lr, optimizer="adam", adam_eps=t["adam_eps"],
                           weight_decay=t["weight_decay"], lr_milestones=milestones, lr_gamma=0.1,
                           seed=step_seed(self.p["seed"], 0, 1 + ["imfq", "fiq"].index(stage)),
-                          progress=self.progress, device=self.device, log_every=50)
+                          progress=self.progress, device=self.device, log_every=50,
+                          desc=f"{self.run_label(run, fiq_share)}: {stage} stage")
         batches = composed_batches(pairs, inputs, t["batch_size"], cfg.seed)
         return train(model, composed_step, batches, cfg, param_groups=model.param_groups(scale)).log
+
+    def run_label(self, run: str, fiq_share: float = 1.0) -> str:
+        """The run's name in progress lines (with its share of the FIQ pairs in the data-limited sweep)."""
+        return run if fiq_share == 1 else f"{run} on {fiq_share:g} of FIQ"
 
     def run(self, run: str, fiq_share: float = 1.0) -> dict:
         """Train (if the run has stages) and evaluate one run of the grid, its Fashion IQ stage on `fiq_share`
@@ -565,7 +576,8 @@ class CFQExperiment:
             for stage in RUNS[run][1]:
                 logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share)
             train_s = time.time() - start
-            metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
+            with prog.stage(f"{self.run_label(run, fiq_share)}: evaluating", disable=not self.progress):
+                metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
             return {**metrics, "logs": logs, "train_s": train_s, "wall_s": time.time() - start}
 
         out = self.cache.get_or_compute("cfq_run", self.run_key(run, fiq_share), compute)

@@ -181,10 +181,10 @@ def recall_at_k(indices: torch.Tensor, query_labels, gallery_labels, ks: Sequenc
 def embed(fn: Callable[[object], torch.Tensor], batches: Iterable, progress: bool = False,
           desc: str = "embedding") -> torch.Tensor:
     """Concatenate `fn(batch)` over batches under no_grad, on CPU; a progress bar when asked."""
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     out = []
     with torch.no_grad():
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for batch in bar(batches, desc=desc, disable=not progress, leave=False):
             out.append(fn(batch).detach().float().cpu())
     return torch.cat(out) if out else torch.empty(0)

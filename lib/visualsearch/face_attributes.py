@@ -31,6 +31,7 @@ from .data.faces import AGE_BINS, GENDERS, RACES, FacesWorldConfig, build_faces,
 from .data.worlds import ensure_world, fingerprint_dir
 from .models.face import (FaceNetConfig, FaceTrunk, FrozenPrefixNet, IdentityNet, MultiHeadFaceNet, ProbeBranch,
                           make_branch, prepare_images, probe_patch)
+from .progress import bar
 from .seeding import seed_everything, step_seed
 from .train import TrainConfig, train
 
@@ -152,19 +153,22 @@ def load_face_data(p, skips: SkipLog | None = None) -> FaceData:
 
 # ------------------------------------------------------------------ training helpers
 
-def train_config(section: dict, seed: int, device: str) -> TrainConfig:
-    """TrainConfig of a `trunk` or `finetune` parameter section (Adam, one step decay at decay_at)."""
+def train_config(section: dict, seed: int, device: str, desc: str | None = None) -> TrainConfig:
+    """TrainConfig of a `trunk` or `finetune` parameter section (Adam, one step decay at decay_at); a
+    progress bar labelled `desc` when given (not for the many small fine-tuning runs)."""
     steps = int(section["steps"])
     return TrainConfig(steps=steps, lr=float(section["lr"]), optimizer="adam",
                        weight_decay=float(section["weight_decay"]),
                        lr_milestones=tuple(int(steps * f) for f in section["decay_at"]), lr_gamma=0.1,
-                       seed=seed, progress=False, device=device, log_every=max(1, steps // 10))
+                       seed=seed, progress=desc is not None, desc=desc or "training", device=device,
+                       log_every=max(1, steps // 10))
 
 
 def fit_classifier(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, section: dict, seed: int,
-                   device: str = "cpu"):
+                   device: str = "cpu", desc: str | None = None):
     """Train `model` to classify `inputs` (uint8 images or float features) with cross-entropy, through the
-    shared training loop. Batches are a pure function of (seed, step), so a run is reproducible."""
+    shared training loop. Batches are a pure function of (seed, step), so a run is reproducible. `desc`:
+    a progress bar so labelled."""
     bs = int(section["batch_size"])
     n = len(inputs)
 
@@ -180,7 +184,7 @@ def fit_classifier(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.T
         return loss, {"acc": float((logits.argmax(1) == y).float().mean())}
 
     seed_everything(seed)
-    return train(model, step_fn, batch_fn, train_config(section, seed, device))
+    return train(model, step_fn, batch_fn, train_config(section, seed, device, desc))
 
 
 @torch.no_grad()
@@ -258,7 +262,8 @@ def train_identity_trunk(data: FaceData, p, cache=None, device: str = "cpu") -> 
     def compute():
         seed_everything(p["seed"])
         net = IdentityNet(cfg, data.n_identities)
-        res = fit_classifier(net, data.pretrain.images, data.pretrain.identity, p["trunk"], p["seed"], device)
+        res = fit_classifier(net, data.pretrain.images, data.pretrain.identity, p["trunk"], p["seed"], device,
+                             desc=f"identity trunk ({data.n_identities} people)")
         net = res.model.cpu()
         tail = res.log.tail(max(1, len(res.log) // 10))
         return {"state": net.state_dict(), "train_acc_last10pct": float(tail["acc"].mean()),
@@ -367,35 +372,37 @@ def _run_job(job: tuple, cache_root) -> None:
 
 
 def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, device: str = "cpu",
-             log=print) -> tuple[pd.DataFrame, dict]:
+             progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """All fine-tuning runs: finetune and probe at every depth in p.depths, scratch at depth 0, for every
     attribute and seed. Returns (one row per run, {(attr, method, depth, seed): result dict incl. predictions}).
 
     With a cache and p.parallel.workers > 1 on CPU, runs missing from the cache are trained that many at a
     time in forked processes (p.parallel.threads_per_worker torch threads each; small networks use cores
     better this way than with intra-op threads), then everything is read back from the cache in order.
+    Progress (a bar over runs) is shown by this process as runs finish, never by the workers.
     """
     jobs = grid_jobs(p)
     workers = int(p.get("parallel", {}).get("workers", 1))
-    if cache is not None and workers > 1 and device == "cpu":
-        todo = [j for j in jobs if not cache.path("face_finetune", _job_key(trunk_key, p, j)).is_file()]
-        if todo:
-            from concurrent.futures import ProcessPoolExecutor
-            import multiprocessing as mp
+    todo = [j for j in jobs if cache is None or not cache.path("face_finetune", _job_key(trunk_key, p, j)).is_file()]
+    if todo and cache is not None and workers > 1 and device == "cpu":
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        import multiprocessing as mp
 
-            _WORKER.clear()
-            _WORKER.update(trunk=trunk, trunk_key=trunk_key, data=data, p=p, device=device,
-                           threads=int(p["parallel"]["threads_per_worker"]))
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                futures = [pool.submit(_run_job, j, cache.root) for j in todo]
-                for i, f in enumerate(futures):
+        _WORKER.clear()
+        _WORKER.update(trunk=trunk, trunk_key=trunk_key, data=data, p=p, device=device,
+                       threads=int(p["parallel"]["threads_per_worker"]))
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_run_job, j, cache.root) for j in todo]
+            with bar(total=len(futures), desc=f"fine-tuning runs ({workers} processes)", unit="run",
+                     disable=not progress) as finished:
+                for f in as_completed(futures):
                     f.result()
-                    if log and (i + 1) % max(1, len(futures) // 10) == 0:
-                        log(f"  {i + 1}/{len(futures)} runs trained")
-            _WORKER.clear()
+                    finished.update(1)
+        _WORKER.clear()
+        todo = []
     bank = FeatureBank(trunk, data, device, p["finetune"]["feature_cache_mb"])
     runs = {}
-    for i, job in enumerate(jobs):
+    for job in bar(jobs, desc="fine-tuning runs", unit="run", disable=not progress or not todo):
         d, a, m, s = job
         key = _job_key(trunk_key, p, job)
         compute = lambda d=d, a=a, m=m, s=s, k=key: finetune_run(trunk, data, bank, a, m, d, s, p, k["keep_state"], device)

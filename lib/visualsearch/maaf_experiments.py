@@ -25,7 +25,7 @@ import hashlib
 import multiprocessing as mp
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 # Every library module a run may use is imported here, not lazily: the result cache keys on the sources of
 # the loaded modules, so the set must be the same when a run is looked up and when it is stored.
@@ -52,6 +51,7 @@ from .losses import BatchSoftmaxLoss, SoftTripletLoss
 from .models import baselines  # noqa: F401  (built through models.maaf.build_model)
 from .models.maaf import MAAFConfig, ResNetTrunk, build_model
 from .models.text import Vocabulary
+from .progress import bar, note, stage
 from .seeding import step_seed
 from .train import TrainConfig, train
 
@@ -386,14 +386,16 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
     so that, as in the paper, the backbone arrives with useful features. Returns also the final training
     accuracies under the key "__accuracy__" (popped before loading)."""
     torch.manual_seed(seed)
-    pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
+    with stage(f"drawing {n_photos} product photos for backbone pretraining", disable=not progress):
+        pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
     trunk = ResNetTrunk(arch).to(device)
     heads = torch.nn.ModuleDict({h: torch.nn.Linear(trunk.channels["4"], len(c)) for h, c in classes.items()}).to(device)
     params = [*trunk.parameters(), *heads.parameters()]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     acc = {}
-    for step in tqdm(range(steps), disable=not progress, desc="pretraining backbone", leave=False):
+    for step in bar(range(steps), desc="pretraining the backbone on product attributes", unit="step",
+                    disable=not progress):
         gen = torch.Generator().manual_seed(step_seed(seed, step))
         idx = torch.randint(len(pixels), (batch_size,), generator=gen)
         x = augment(pixels[idx], gen).to(device)
@@ -497,14 +499,16 @@ def _prepare_one(args) -> PreparedDataset:
 
 
 def prepare_datasets(names, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
-                     workers: int = 1) -> dict:
+                     workers: int = 1, progress: bool = True) -> dict:
     """{name: PreparedDataset}, drawing the worlds and loading the images of `workers` datasets at a time
-    (separate processes: world drawing and image decoding are single-threaded Python)."""
+    (separate processes: world drawing and image decoding are single-threaded Python); a bar over the
+    datasets, shown by this process as they come back."""
     jobs = [(n, image_size, data_root, worlds, seed) for n in names]
+    bar_args = dict(total=len(jobs), desc="preparing datasets", unit="dataset", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            return dict(zip(names, pool.map(_prepare_one, jobs)))
-    return {n: _prepare_one(j) for n, j in zip(names, jobs)}
+            return dict(bar(zip(names, pool.map(_prepare_one, jobs)), **bar_args))
+    return {n: _prepare_one(j) for n, j in bar(zip(names, jobs), **bar_args)}
 
 
 # ------------------------------------------------------------------------------------- many runs at once
@@ -568,24 +572,31 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
     _POOL_DATA.update(datasets)
     _POOL_DATA["__threads__"] = threads
     jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device) for (name, key), (r, stages) in needed.items()]
+    bar_args = dict(total=len(jobs), desc="frozen backbone maps", unit="dataset", disable=not progress or not jobs)
     if len(jobs) > 1 and workers > 1 and device == "cpu":  # each frozen backbone's maps, computed once
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            computed = list(pool.map(_maps_one, jobs))
+            computed = list(bar(pool.map(_maps_one, jobs), **bar_args))
     else:
-        computed = [_maps_one(j) for j in jobs]
+        computed = [_maps_one(j) for j in bar(jobs, **bar_args)]
     for (name, key, *_), maps in zip(jobs, computed):
         for g, m in zip([*datasets[name].train, *datasets[name].eval.values()], maps):
             g.maps[key] = m
     trained = {}
+
+    def finished(r: Run, result: RunResult) -> None:  # in this process: workers show nothing
+        trained[(r.dataset, r.name)] = result
+        note(f"{r.name} on {r.dataset}: {r.spec.steps} steps trained in {result.wall_s:.1f} s", disable=not progress)
+
     if todo and workers > 1 and device == "cpu":
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
             longest_first = sorted(todo, key=lambda r: -run_cost(r))
-            futures = {(r.dataset, r.name): pool.submit(_run_one, r, ks, device, cache.root) for r in longest_first}
-            for key, fut in tqdm(futures.items(), desc="training runs", disable=not progress):
-                trained[key] = fut.result()
+            futures = {pool.submit(_run_one, r, ks, device, cache.root): r for r in longest_first}
+            for fut in bar(as_completed(futures), total=len(futures), desc=f"training runs ({workers} processes)",
+                           unit="run", disable=not progress):
+                finished(futures[fut], fut.result())
     else:
-        for r in tqdm(todo, desc="training runs", disable=not progress or not todo):
-            trained[(r.dataset, r.name)] = _run_one(r, ks, device, cache.root)
+        for r in bar(todo, desc="training runs", unit="run", disable=not progress or not todo):
+            finished(r, _run_one(r, ks, device, cache.root))
     cache.misses += [cache_name(r.name) for r in todo]
     results = {}
     for r in runs:  # in plan order; the ones not trained now come from the cache

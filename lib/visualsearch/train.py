@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import atomic
+from . import atomic, progress
 from .seeding import step_seed
 
 
@@ -46,14 +46,15 @@ class TrainConfig:
     checkpoint_every: int = 0          # save a checkpoint every N steps (0: only at the end)
     log_every: int = 10                # progress-bar refresh and CSV flush interval, in steps
     seed: int = 0                      # seeds the per-step RNG (dropout, augmentation inside step_fn)
-    progress: bool = True              # show a tqdm bar
+    progress: bool = True              # show a progress bar (visualsearch.progress)
+    desc: str = "training"             # the bar's label, naming the run (its last line stays in the output)
     device: str = "cpu"                # "cpu", "cuda" or "cuda:N"
     grad_clip: float = 0.0             # clip the global gradient norm to this value (0: no clipping)
 
     def fingerprint(self) -> str:
         """Hash of the fields that change the result (not progress/logging/checkpoint cadence)."""
         d = asdict(self)
-        for k in ("checkpoint_every", "log_every", "progress", "device"):
+        for k in ("checkpoint_every", "log_every", "progress", "desc", "device"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -134,8 +135,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], cfg: TrainConfig,
           run_dir=None, param_groups=None, eval_fn: Callable | None = None, eval_every: int = 0) -> TrainResult:
     """Train `model` for cfg.steps steps, resuming from run_dir/checkpoint.pt when present."""
-    from tqdm.auto import tqdm
-
     rank, world = dist_info()
     device = torch.device(cfg.device)
     if world > 1:
@@ -168,8 +167,7 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
 
     t0 = time.perf_counter()
     step = start
-    bar = tqdm(total=cfg.steps, initial=start, desc="training", disable=not cfg.progress or rank != 0,
-               leave=False)
+    bar = progress.bar(total=cfg.steps, initial=start, desc=cfg.desc, unit="step", disable=not cfg.progress)
     try:
         for step in range(start, cfg.steps):
             lr = lr_at(cfg, step)
@@ -196,7 +194,7 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
                 with torch.no_grad():
                     row.update({k: float(v) for k, v in eval_fn(model, done).items()})
             if done % max(cfg.log_every, 1) == 0 or done == cfg.steps:
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)  # drawn with the next update
             bar.update(1)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save(done)

@@ -26,6 +26,7 @@ from .evaluate import recall_at_k, retrieve
 from .losses import (BatchAllTripletLoss, BatchHardTripletLoss, RandomTripletLoss,
                      ReleasedCodeBatchHardTripletLoss, SemiHardTripletLoss, pair_indices)
 from .models.embedding import AttributeClassifier, EmbeddingConfig, EmbeddingNet
+from .progress import stage
 from .samplers import PairBatchSampler
 from .seeding import step_seed
 from .train import TrainConfig, train
@@ -78,10 +79,11 @@ class ImageSet:
 
 
 def load_imageset(split: RetailSplit, size: int, use_boxes: bool = True, in_memory: bool = True,
-                  skips=None) -> ImageSet:
-    """An ImageSet of `split`; in memory, images that fail to load are skipped and counted in `skips`."""
+                  skips=None, desc: str | None = None) -> ImageSet:
+    """An ImageSet of `split`; in memory, images that fail to load are skipped and counted in `skips`
+    (`desc`: a progress bar so labelled while they load)."""
     if in_memory:
-        images, kept = load_split_images(split, size, use_boxes=use_boxes, skips=skips)
+        images, kept = load_split_images(split, size, use_boxes=use_boxes, skips=skips, desc=desc)
         keep = kept.tolist()
         return ImageSet(torch.tensor(split.labels)[kept] if len(keep) else torch.zeros(0, dtype=torch.long),
                         torch.tensor(split.categories)[kept] if len(keep) else torch.zeros(0, dtype=torch.long),
@@ -126,7 +128,8 @@ def pretrain_trunk(images: ImageSet, targets: dict, arch: str = "resnet18", step
         x, t = batch
         return m.loss(x, t)
 
-    cfg = TrainConfig(steps=steps, lr=lr, optimizer="adam", seed=seed, progress=progress, device=device)
+    cfg = TrainConfig(steps=steps, lr=lr, optimizer="adam", seed=seed, progress=progress, device=device,
+                      desc="pretraining the trunk on attributes")
     res = train(model, step_fn, batch_fn, cfg)
     return {"trunk": {k: v.cpu() for k, v in res.model.trunk_state_dict().items()}, "log": res.log}
 
@@ -164,9 +167,10 @@ def build_model(cfg: RunConfig, trunk_state: dict | None = None, weights_path: s
 
 
 def train_embedding(images: ImageSet, cfg: RunConfig, trunk_state: dict | None = None, weights_path=None,
-                    device: str = "cpu", eval_fn=None, eval_every: int = 0, run_dir=None, progress: bool = False):
+                    device: str = "cpu", eval_fn=None, eval_every: int = 0, run_dir=None, progress: bool = False,
+                    desc: str = "training"):
     """Train the embedding on pair batches with the method's loss; returns train.TrainResult (its log holds
-    the loss statistics per step and eval_fn's metrics every eval_every steps)."""
+    the loss statistics per step and eval_fn's metrics every eval_every steps); `desc` labels the bar."""
     model = build_model(cfg, trunk_state, weights_path)
     sampler = PairBatchSampler(images.labels, cfg.num_pairs, seed=cfg.seed, categories=images.categories,
                                single_category_prob=cfg.single_category_prob)
@@ -191,7 +195,7 @@ def train_embedding(images: ImageSet, cfg: RunConfig, trunk_state: dict | None =
     groups = [{"params": model.trunk.parameters(), "lr_scale": cfg.trunk_lr_scale},
               {"params": model.head.parameters(), "lr_scale": 1.0}]
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_milestones=tuple(cfg.lr_milestones), seed=cfg.seed,
-                       progress=progress, device=device)
+                       progress=progress, device=device, desc=desc)
     return train(model, step_fn, batch_fn, tcfg, run_dir=run_dir, param_groups=groups, eval_fn=eval_fn,
                  eval_every=eval_every)
 
@@ -477,33 +481,35 @@ def load_data(p) -> TripletData:
 
     skips = SkipLog()
     size, mem = p.model.input_size, p.data.in_memory
-    if p.data_root is None:
-        folder = products_world(ProductsWorldConfig(**p.world.to_dict()))
-        inshop, sop = read_inshop(folder, skips), read_sop(folder, skips)
-        att = read_attributes(folder)
-        names = ("synthetic products (In-shop format)", "synthetic products (SOP format)")
-        desc = f"synthetic products world {folder.name}"
-        fp = fingerprint_dir(folder)
-    else:
-        ins_root = _resolve(p.data_root, p.data.inshop_dir)
-        if p.data.inshop_benchmark == "consumer2shop":
-            inshop, names0 = read_consumer2shop(ins_root, skips), "DeepFashion Consumer-to-Shop"
-        elif p.data.inshop_benchmark == "inshop":
-            inshop, names0 = read_inshop(ins_root, skips), "DeepFashion In-shop"
+    with stage("reading the In-shop and SOP lists (every image is opened once)"):
+        if p.data_root is None:
+            folder = products_world(ProductsWorldConfig(**p.world.to_dict()))
+            inshop, sop = read_inshop(folder, skips), read_sop(folder, skips)
+            att = read_attributes(folder)
+            names = ("synthetic products (In-shop format)", "synthetic products (SOP format)")
+            desc = f"synthetic products world {folder.name}"
+            fp = fingerprint_dir(folder)
         else:
-            raise ValueError(f"data.inshop_benchmark must be inshop or consumer2shop, got {p.data.inshop_benchmark!r}")
-        sop_root = _resolve(p.data_root, p.data.sop_dir)
-        sop = read_sop(sop_root, skips)
-        att, folder = None, None
-        names = (names0, "Stanford Online Products")
-        desc = f"{names0} ({ins_root}) and Stanford Online Products ({sop_root})"
-        fp = fingerprint_dir(ins_root)[:8] + fingerprint_dir(sop_root)[:8]
+            ins_root = _resolve(p.data_root, p.data.inshop_dir)
+            if p.data.inshop_benchmark == "consumer2shop":
+                inshop, names0 = read_consumer2shop(ins_root, skips), "DeepFashion Consumer-to-Shop"
+            elif p.data.inshop_benchmark == "inshop":
+                inshop, names0 = read_inshop(ins_root, skips), "DeepFashion In-shop"
+            else:
+                raise ValueError("data.inshop_benchmark must be inshop or consumer2shop, "
+                                 f"got {p.data.inshop_benchmark!r}")
+            sop_root = _resolve(p.data_root, p.data.sop_dir)
+            sop = read_sop(sop_root, skips)
+            att, folder = None, None
+            names = (names0, "Stanford Online Products")
+            desc = f"{names0} ({ins_root}) and Stanford Online Products ({sop_root})"
+            fp = fingerprint_dir(ins_root)[:8] + fingerprint_dir(sop_root)[:8]
     return TripletData(
-        inshop_train=load_imageset(inshop.train, size, True, mem, skips),
-        inshop_query=load_imageset(inshop.query, size, True, mem, skips),
-        inshop_gallery=load_imageset(inshop.gallery, size, True, mem, skips),
-        sop_train=load_imageset(sop.train, size, False, mem, skips),
-        sop_test=load_imageset(sop.query, size, False, mem, skips),
+        inshop_train=load_imageset(inshop.train, size, True, mem, skips, "reading In-shop train images"),
+        inshop_query=load_imageset(inshop.query, size, True, mem, skips, "reading In-shop query images"),
+        inshop_gallery=load_imageset(inshop.gallery, size, True, mem, skips, "reading In-shop gallery images"),
+        sop_train=load_imageset(sop.train, size, False, mem, skips, "reading SOP train images"),
+        sop_test=load_imageset(sop.query, size, False, mem, skips, "reading SOP test images"),
         inshop_categories=inshop.category_names, sop_categories=sop.category_names,
         inshop_name=names[0], sop_name=names[1], description=desc, fingerprint=fp, skips=skips,
         attributes=att, folder=folder)
@@ -544,7 +550,7 @@ def trunk_weights(p, d: TripletData, cache) -> dict:
     def compute():
         targets = attribute_targets(d.sop_train.item_ids, d.attributes)
         out = pretrain_trunk(d.sop_train, targets, p.model.arch, p.pretrain.steps, p.pretrain.batch_size,
-                             p.pretrain.lr, p.seed, p.device)
+                             p.pretrain.lr, p.seed, p.device, progress=True)
         return {"trunk": out["trunk"], "weights_path": None, "log": out["log"]}
 
     return cache.get_or_compute("triplet_pretrain", key, compute)
@@ -565,7 +571,8 @@ def off_the_shelf(p, d: TripletData, start: dict, which: str, cache) -> dict:
 
     def compute():
         model = build_model(run_config(p), start["trunk"], start["weights_path"]).to(p.device)
-        return _embed_sets(model, d, which, p.device, features=True)
+        with stage(f"off-the-shelf features: embedding the {which} test images"):
+            return _embed_sets(model, d, which, p.device, features=True)
 
     return cache.get_or_compute("triplet_off_the_shelf", key, compute)
 
@@ -612,9 +619,12 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
                 e = embed(model, d.sop_test, device=p.device, index=sub)
                 return {"R@1": evaluate_retrieval(e, e, labels, labels, (1,), True).recall[1]}
 
+        name = f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
         res = train_embedding(train_set, cfg, start["trunk"], start["weights_path"], device=p.device,
-                              eval_fn=ev, eval_every=eval_every if ev else 0)
-        return {"log": res.log, "wall_s": res.wall_s, **_embed_sets(res.model, d, which, p.device)}
+                              eval_fn=ev, eval_every=eval_every if ev else 0, progress=True,
+                              desc=f"training {name}")
+        with stage(f"{name}: embedding the test images"):
+            return {"log": res.log, "wall_s": res.wall_s, **_embed_sets(res.model, d, which, p.device)}
 
     return cache.get_or_compute("triplet_run", key, compute)
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..progress import bar
 from .errors import DataFormatError, SkipLog, require_dir
 from .images import check_images, load_image
 
@@ -307,12 +308,12 @@ def image_to_uint8(img: Image.Image, size: int) -> torch.Tensor:
 
 
 def load_split_images(split: RetailSplit, size: int, use_boxes: bool = True, margin: float = 0.1,
-                      skips: SkipLog | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      skips: SkipLog | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as one uint8 tensor [N, 3, size, size] (cropped around their boxes), for
     training and embedding small datasets from memory. Returns (images, kept index) so that an image that
-    fails to load here (skipped and counted) drops out of labels too."""
+    fails to load here (skipped and counted) drops out of labels too. `desc`: a progress bar so labelled."""
     out, kept = [], []
-    for i, p in enumerate(split.paths):
+    for i, p in enumerate(bar(split.paths, desc=desc or "", unit="img", disable=desc is None)):
         img = load_image(p, skips)
         if img is None:
             continue

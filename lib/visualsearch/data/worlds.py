@@ -17,6 +17,8 @@ import types
 from pathlib import Path
 from typing import Callable
 
+from ..progress import stage
+
 
 def cache_root() -> Path:
     """Root of all caches: $VISUALSEARCH_CACHE, else `.cache/` at the repository root (next to lib/)."""
@@ -59,7 +61,8 @@ def ensure_world(name: str, params: dict, build: Callable[[Path, dict], None], r
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        build(tmp, params)
+        with stage(f"drawing the {name} world (first run only)"):
+            build(tmp, params)
         (tmp / "params.json").write_text(json.dumps({"world": name, **params}, indent=1, sort_keys=True, default=str))
         try:
             os.rename(tmp, final)

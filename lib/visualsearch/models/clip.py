@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import quiet_hf_loading
 from .maaf import FusionEncoder, TokenProjection
 from .text import Vocabulary, masked_mean
 
@@ -182,8 +183,9 @@ class FrozenMiniLMTokens(nn.Module):
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(f"{model_path}: no config.json; expected a local Hugging Face / "
                                     "sentence-transformers model folder (nothing is downloaded)")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+        with quiet_hf_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
         self.model.requires_grad_(False)
         self.model.eval()
         self.max_length, self.width, self.phrases = max_length, self.model.config.hidden_size, phrases
@@ -384,8 +386,9 @@ def load_clip(path) -> DualEncoder:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; expected a local CLIP folder saved by transformers "
                                 "(CLIPModel.save_pretrained + the tokenizer files); nothing is downloaded")
-    model = CLIPModel.from_pretrained(str(path), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    with quiet_hf_loading():
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     size = model.config.vision_config.image_size
     transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
                            T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..progress import quiet_hf_loading
+
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
@@ -189,8 +191,9 @@ class MiniLMTextEncoder(nn.Module):
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(f"{model_path}: no config.json; expected a local Hugging Face / "
                                     "sentence-transformers model folder (nothing is downloaded)")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        self.transformer = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+        with quiet_hf_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+            self.transformer = AutoModel.from_pretrained(str(model_path), local_files_only=True)
         self.transformer.requires_grad_(False)
         self.transformer.eval()
         self.max_length, self.dim, self.memo_size = max_length, dim, memo_size

@@ -45,6 +45,18 @@ def test_notebook_and_its_text_pair_agree(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_source_notebook_is_stored_as_a_save_would_store_it(notebook):
+    """The committed .ipynb is already what the pre-save hook makes of it: opening, running and saving it in
+    JupyterLab leaves the file byte-for-byte as committed unless its cells were edited."""
+    import copy
+
+    from visualsearch.notebook_files import clean
+
+    nb = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
+    assert clean(copy.deepcopy(nb)) == nb, "run .venv/bin/jupytext --sync and save it from JupyterLab"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_source_notebook_names_the_registered_kernel(notebook):
     """A kernelspec other than the registered one makes JupyterLab rewrite it: every notebook opens modified."""
     from visualsearch.notebook_files import KERNELSPEC
@@ -88,8 +100,11 @@ def test_a_save_from_jupyterlab_keeps_the_edit_and_drops_the_outputs(tmp_path):
     assert "A sentence a reader added in JupyterLab." in (folder / f"{name}.py").read_text()
     assert any("A sentence a reader added" in c.source for c in saved.cells)
     assert not any(c.get("outputs") or c.get("execution_count") for c in saved.cells if c.cell_type == "code")
-    assert saved.metadata["kernelspec"] == KERNELSPEC and "jupytext" not in saved.metadata
+    assert saved.metadata["kernelspec"] == KERNELSPEC
     assert pair_differences(name, folder) == []
+    committed = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    assert json.loads((folder / f"{name}.ipynb").read_text())["metadata"] == committed["metadata"], \
+        "a save must not change the notebook's metadata (git status would show every opened notebook)"
 
 
 def test_executed_copies_are_saved_as_they_are(tmp_path):

@@ -40,7 +40,7 @@ def clean(nb: dict) -> dict:
     meta = nb.setdefault("metadata", {})
     meta["kernelspec"] = dict(KERNELSPEC)
     meta["language_info"] = {"name": "python"}  # the kernel fills in its version when it starts: not content
-    for key in ("papermill", "widgets", "jupytext"):  # jupytext's pairing lives in notebooks/jupytext.toml
+    for key in ("papermill", "widgets"):  # (jupytext's own entry stays: jupytext writes it on every save/sync)
         meta.pop(key, None)
     return nb
 

@@ -32,6 +32,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -c "import torch, torchvision, papermill, visualsearch" || {
     echo "error: the installation in $venv is incomplete (see the pip messages above)" >&2; exit 1; }
   "$venv/bin/python" -m ipykernel install --sys-prefix --name visualsearch --display-name "visualsearch (Python 3.11)" >/dev/null
+  # the kernel is IPython's with its version reported as 3.11, so notebooks open unmodified on any 3.11.x
+  # (lib/visualsearch/kernel.py)
+  "$venv/bin/python" - "$venv/share/jupyter/kernels/visualsearch/kernel.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["argv"] = [a if a != "ipykernel_launcher" else "visualsearch.kernel" for a in spec["argv"]]
+json.dump(spec, open(sys.argv[1], "w"), indent=1)
+PY
   # every notebook saved under notebooks/ from this environment's Jupyter is stored without outputs and with
   # the project's kernelspec (lib/visualsearch/notebook_files.py), autosave included
   printf '{"ContentsManager": {"pre_save_hook": "visualsearch.notebook_files.pre_save_hook"}}\n' \

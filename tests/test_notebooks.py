@@ -139,3 +139,19 @@ def test_smoke_execution_writes_tables_figures_and_claims(notebook, smoke_output
     images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert images >= len(pngs), f"{len(pngs)} figures written but {images} shown in the executed notebook"
     assert not [o for o in outputs if o["output_type"] == "error"]
+
+
+def test_the_registered_kernel_reports_the_language_info_the_notebooks_hold():
+    """JupyterLab copies the kernel's language_info into a notebook when the kernel connects and marks the
+    notebook modified if it differs: the project's kernel must report exactly what the notebooks hold."""
+    from jupyter_client.manager import start_new_kernel
+
+    nb = json.loads((ROOT / "notebooks" / f"{NOTEBOOKS[0]}.ipynb").read_text())
+    km, kc = start_new_kernel(kernel_name="visualsearch")
+    try:
+        kc.kernel_info()
+        reply = kc.get_shell_msg(timeout=30)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert reply["content"]["language_info"] == nb["metadata"]["language_info"]

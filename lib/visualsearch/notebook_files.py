@@ -23,6 +23,12 @@ KERNELSPEC = {"display_name": "visualsearch (Python 3.11)", "language": "python"
 RUN_CELL_METADATA = ("execution", "papermill", "collapsed", "scrolled", "jp-MarkdownHeadingCollapsed")
 
 
+def _language_info() -> dict:
+    from .kernel import LANGUAGE_INFO
+
+    return dict(LANGUAGE_INFO)
+
+
 def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
@@ -39,7 +45,7 @@ def clean(nb: dict) -> dict:
             meta.pop(key, None)
     meta = nb.setdefault("metadata", {})
     meta["kernelspec"] = dict(KERNELSPEC)
-    meta["language_info"] = {"name": "python"}  # the kernel fills in its version when it starts: not content
+    meta["language_info"] = _language_info()  # what the project's kernel reports, so opening changes nothing
     for key in ("papermill", "widgets"):  # (jupytext's own entry stays: jupytext writes it on every save/sync)
         meta.pop(key, None)
     return nb

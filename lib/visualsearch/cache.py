@@ -112,9 +112,18 @@ class ResultCache:
         self.hits: list[str] = []    # names loaded from the cache in this session (shown in provenance)
         self.misses: list[str] = []  # names computed in this session
 
-    def path(self, name: str, key: dict) -> Path:
+    def _digest(self, name: str, key: dict) -> str:
         blob = json.dumps({"name": name, "key": key, "code": code_version()}, sort_keys=True, default=str)
-        return self.root / name / (hashlib.sha256(blob.encode()).hexdigest()[:20] + ".pt")
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def path(self, name: str, key: dict) -> Path:
+        return self.root / name / (self._digest(name, key) + ".pt")
+
+    def run_dir(self, name: str, key: dict) -> Path:
+        """The checkpoint folder of the training that computes entry (name, key): same key and code version,
+        same folder, so a killed run resumes exactly where it stopped and never from another run's weights
+        (train.train also checks its own configuration's fingerprint against the checkpoint)."""
+        return self.root.parent / "runs" / name / self._digest(name, key)
 
     def get_or_compute(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         path = self.path(name, key)

@@ -193,23 +193,24 @@ def _alive(pids) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_name):
-    """SIGTERM: the runner stops its notebooks and says so in one line. SIGKILL (no chance to clean up):
-    papermill gets SIGTERM from the kernel's parent-death signal and its kernel exits on its own."""
+@pytest.mark.parametrize("signal_name,notebook,processes", [("SIGTERM", "maaf_ablations", 3),
+                                                            ("SIGKILL", "triplet_product_search", 2)])
+def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_name, notebook, processes):
+    """SIGTERM: the runner stops its notebooks, their kernels and the kernels' worker processes (MAAF forks
+    workers), and says so in one line. SIGKILL (no chance to clean up): papermill gets SIGTERM from its
+    parent-death signal and its kernel exits on its own."""
     import os
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "visualsearch.runner", "--preset", "smoke", "--only",
-                             "triplet_product_search", "--out", str(tmp_path)],
+                             notebook, "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(_descendants(proc.pid)) < 2:  # papermill and its kernel
-        time.sleep(0.5)
-    time.sleep(2)
+    deadline = time.time() + 90
+    while time.time() < deadline and len(_descendants(proc.pid)) < processes:  # papermill, kernel, workers
+        time.sleep(0.2)
     below = _descendants(proc.pid)
-    assert len(below) >= 2, "papermill and its kernel did not start"
+    assert len(below) >= processes, f"papermill, its kernel (and workers) did not start: {below}"
     os.kill(proc.pid, getattr(signal, signal_name))
     _, err = proc.communicate(timeout=30)
     deadline = time.time() + 30
@@ -218,4 +219,4 @@ def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_nam
     assert not _alive(below), f"still running after {signal_name} to the runner: {_alive(below)}"
     if signal_name == "SIGTERM":
         assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "Traceback" not in err
-    assert not (tmp_path / "results" / "triplet_product_search").exists()
+    assert not (tmp_path / "results" / notebook).exists()

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,20 +87,52 @@ _PAPERMILL_DYING_WITH_PARENT = (
     "try:\n    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\nexcept Exception:\n    pass\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'papermill', *sys.argv[1:]])")
 _RUNNING: set = set()  # papermill processes of this runner, stopped when the runner is asked to stop
+_SPAWN = threading.Lock()  # held while a papermill starts, so a stop never misses one starting meanwhile
+_STOPPING = threading.Event()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (papermill -> its kernel -> the kernel's worker processes), read from
+    /proc; empty where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_all(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _stop_on_signal(signum, frame) -> None:
-    """SIGINT/SIGTERM/SIGHUP: stop every papermill (and so its kernel) of this run, then exit with one line."""
-    for proc in list(_RUNNING):
+    """SIGINT/SIGTERM/SIGHUP: stop every papermill of this run with its kernel and the kernel's workers (the
+    whole process tree: a kernel's forked workers would otherwise outlive it), then exit with one line."""
+    _STOPPING.set()
+    with _SPAWN:  # no papermill starts after this point
+        procs = list(_RUNNING)
+    trees = {proc: [proc.pid] + _descendants(proc.pid) for proc in procs}
+    for pids in trees.values():
+        _signal_all(pids, signal.SIGTERM)
+    deadline = time.time() + 10
+    for proc, pids in trees.items():
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in list(_RUNNING):
-        try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            pass
+        _signal_all(pids, signal.SIGKILL)
     name = signal.Signals(signum).name
     print(f"\nstopped by {name}: the notebooks of this run were stopped; nothing was moved into place (the "
           f"committed results are as they were). Trained models already cached are kept.", file=sys.stderr, flush=True)
@@ -132,8 +165,12 @@ def run_notebook(notebook: str, preset: str, out_dir: Path, data_root=None, devi
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.time()
     with open(run.log, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        _RUNNING.add(proc)
+        with _SPAWN:
+            if _STOPPING.is_set():
+                run.status, run.failure = "failed", "not started: the run was being stopped"
+                return run
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            _RUNNING.add(proc)
         try:
             proc.wait()
         finally:

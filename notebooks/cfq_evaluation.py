@@ -44,7 +44,9 @@
 #   warm, `results/run_times.json`): synthetic data at a size where the paper's effects show (a small dual encoder
 #   at 64 px, frozen backbone).
 # - `paper` (meant for a GPU; its time is not measured here): the real Fashion IQ, iMaterialist and CFQ under
-#   `data_root`, a real CLIP (`model.clip_path`) and the paper's schedules.
+#   `data_root`, a real CLIP (`model.clip_path`, required with a data root: the run stops at once, naming it,
+#   when it is not set) and the paper's schedules. Each training checkpoints every `checkpoint_every` steps
+#   (500 at this preset) and a killed run resumes where it stopped.
 #
 # - **Switch preset:** set `preset = "default"` in the parameters cell below. To change one parameter, e.g. the
 #   seed of model initialisation and batches: `overrides = {"seed": 1}` (every parameter is in
@@ -95,6 +97,20 @@ if p.threads:
 # - **CFQ**: `judgments.tsv` with one row per annotator judgment, `equivalent_captions.json`, `images/`. Three
 #   catalog images are missing from the real release; the synthetic one leaves three out too, and the reader
 #   skips the judgments that need them and counts them.
+#
+# **What it reads under `data_root`** (the published layouts; every file is checked before anything is read):
+# - `fashioniq/captions/cap.{dress,shirt,toptee}.{train,val}.json`,
+#   `fashioniq/image_splits/split.{dress,shirt,toptee}.{train,val}.json` and the images as
+#   `fashioniq/images/{asin}.png|.jpg` or the authors' `fashioniq/img/{category}/{asin}[.jpg|.png]`;
+# - `imaterialist/imat2018_label_map.tsv` (`labelId<TAB>labelName`), `imaterialist/train.json` and
+#   `imaterialist/validation.json` (Kaggle's iMaterialist Fashion 2018 layout; the released
+#   `{split}_with_neighbors.json` is used instead when present) and the images as
+#   `imaterialist/images_{train,validation}/{id:07d}[:3]/{id:07d}.jpeg`;
+# - `cfq/judgments.tsv`, `cfq/equivalent_captions.json`, `cfq/images/{hash}.jpeg`;
+# - and, outside it, a local CLIP folder (`model.clip_path`: `config.json`, the weights and the tokenizer files as
+#   transformers' `save_pretrained` writes them); `model.image_size` must be its input size.
+#
+# Missing or unreadable images are skipped and counted (the counts are in every table's provenance sidecar).
 
 # %%
 exp = cx.CFQExperiment(p, cache)
@@ -124,13 +140,13 @@ rep.figure("judgment_histogram", fig, data=d.descriptions["cfq"])
 # The embedded default's stand-in for CLIP: a small ResNet image tower and a text tower (frozen MiniLM token
 # states + one trainable Transformer block), trained with CLIP's symmetric contrastive loss. On the paper preset
 # this step loads a real CLIP instead. After it, the image backbone is frozen and its features cached (the paper
-# trains it at a tenth of the new layers' rate; see the caveats at the end).
+# trains it at a tenth of the new layers' rate; see the caveats at the end). The "no pretraining" arm
+# (`scratch-fiq`) never sees these weights: it is the same architecture with a random initialisation drawn with the
+# seed, on every preset (on the embedded default, only the frozen MiniLM word-piece states under its text tower
+# are pretrained: a text-only model that every arm shares).
 
 # %%
-exp.pretrained_state()
-log = exp.pretrain_log
-print(f"contrastive loss {log.loss.iloc[:20].mean():.2f} -> {log.loss.iloc[-20:].mean():.2f}; in-batch image-to-text "
-      f"accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} (chance {1 / p.pretrain['batch_size']:.3f})")
+print(exp.pretraining_summary())
 
 # %% [markdown]
 # ## The experiment grid

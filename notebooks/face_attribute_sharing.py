@@ -45,7 +45,9 @@
 #   warm, `results/run_times.json`): synthetic faces at a size where the paper's effects show (40 px, 3 fine-tuning
 #   seeds).
 # - `paper` (meant for a GPU; its time is not measured here): the real identity, FairFace and FER2013 data under
-#   `data_root`, a wider trunk at 112 px and long schedules.
+#   `data_root` (listed in "The data" below; every path is checked before anything is read), a wider trunk at
+#   112 px and long schedules. Each training checkpoints every `checkpoint_every` steps (2000 at this preset) and a
+#   killed run resumes where it stopped.
 #
 # - **Switch preset:** set `preset = "default"` in the parameters cell below. To change one parameter, e.g. the
 #   fine-tuning steps of every branch: `overrides = {"finetune": {"steps": 300}}` (every parameter is in
@@ -89,13 +91,23 @@ rep.cache = cache
 # ## The data
 #
 # Three disjoint sets of people: identity pretraining (folder per identity), attribute fine-tuning and attribute
-# test (FairFace-style CSVs with `file,age,gender,race,service_test` plus `emotion` and `identity`). With
-# `data_root`, the same readers load real data laid out as in `p.data` (paths relative to `data_root`):
-# `identities/<person>/<image>` (CASIA-WebFace, VGGFace2 or CelebA by identity), FairFace's
-# `fairface_label_train.csv` / `fairface_label_val.csv` with their `train/`, `val/` images, and FER2013's
-# `fer2013.csv` for emotion (its Training rows join fine-tuning, PublicTest/PrivateTest the test set). An
-# attribute a dataset lacks is left out of that dataset's training and scoring; missing or corrupt images are
-# skipped and counted in every table's provenance.
+# test (FairFace-style CSVs with `file,age,gender,race,service_test` plus `emotion` and `identity`).
+#
+# **What it reads under `data_root`** (the paths of `p.data`, relative to `data_root`; the paper preset's are):
+# - `identities/<person>/<image>.jpg|.png|...`: the identity-pretraining set, one folder per person (CASIA-WebFace,
+#   VGGFace2 or CelebA by identity); people with fewer than `data.min_images_per_identity` readable images are left
+#   out;
+# - `fairface_label_train.csv` and `fairface_label_val.csv` (FairFace's `file,age,gender,race,service_test`) with
+#   the images they name, `train/<n>.jpg` and `val/<n>.jpg`, beside them (`data.fairface_images`): age, gender and
+#   ethnicity for fine-tuning and test;
+# - `fer2013.csv` (FER2013's `emotion,pixels,Usage`): emotion; its Training rows join fine-tuning,
+#   PublicTest/PrivateTest the test set.
+#
+# An attribute a dataset lacks is left out of that dataset's training and scoring. FairFace and FER2013 carry no
+# identity labels, so on them the trunk's identity-retrieval check cannot be computed and its table says so.
+# Missing or corrupt images are skipped and counted in every table's provenance. (UTKFace, which the library can
+# also read, is not used: its five race groups do not map onto FairFace's seven and it has no split or identities,
+# so it would add a second label scheme to the same table without serving a step of the protocol.)
 
 # %%
 data = fa.load_face_data(p)
@@ -125,13 +137,10 @@ if data_root is None:
 
 # %%
 trunk, trunk_info, trunk_key = fa.train_identity_trunk(data, p, cache, device)
-identity = pd.DataFrame([
-    {"method": "identity trunk", "dataset": DATASET, "metric": "rank-1 identity retrieval, unseen people",
-     "reproduced": trunk_info["test_identity_rank1"]},
-    {"method": "identity trunk", "dataset": DATASET, "metric": "training accuracy (last 10% of steps)",
-     "reproduced": trunk_info["train_acc_last10pct"]},
-])
-rep.table("identity_trunk", identity, data=DATA)
+identity, identity_note = fa.identity_table(trunk_info, data, DATASET)
+if identity_note:
+    print(identity_note)
+rep.table("identity_trunk", identity, data=DATA, note=identity_note)
 
 # %% [markdown]
 # ## 2. Accuracy by attribute and branch depth

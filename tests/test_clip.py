@@ -163,7 +163,9 @@ def test_minilm_text_tower_caches_phrases_and_is_frozen():
     assert not any(p.requires_grad for p in tokens.model.parameters())
 
 
-def save_tiny_hf_clip(folder):
+def save_tiny_hf_clip(folder, seed=0):
+    """A tiny transformers CLIP (32 px, patch 8, width 32, joint space 16) saved with save_pretrained, with a
+    letters-only tokenizer; its weights are transformers' initialisation drawn with `seed`."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -181,7 +183,7 @@ def save_tiny_hf_clip(folder):
         vision_config=dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=37),
         projection_dim=16)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     model.save_pretrained(str(folder))
     return model
@@ -221,3 +223,19 @@ def test_deep_copy_keeps_models_independent():
     with torch.no_grad():
         a.clip.text_projection.weight.add_(1.0)
     assert not torch.equal(a.clip.text_projection.weight, b.clip.text_projection.weight)
+
+
+def test_frozen_minilm_weights_stay_out_of_state_dicts_and_checkpoints():
+    """A model over the frozen MiniLM saves only its own weights (a checkpoint of a few MB, not 90) and loads such
+    a state dict strictly, keeping MiniLM's weights as loaded from its folder."""
+    tokens = C.FrozenMiniLMTokens()
+    torch.manual_seed(0)
+    clip = C.small_clip(16, (8, 8, 16, 16), tokens=tokens, text_width=16, text_heads=2)
+    state = clip.state_dict()
+    assert not any(".source.model." in k for k in state) and "text.adapter.blocks.0.ff.0.weight" in state
+    torch.manual_seed(1)
+    other = C.small_clip(16, (8, 8, 16, 16), tokens=tokens, text_width=16, text_heads=2)
+    minilm = {k: v.clone() for k, v in tokens.model.state_dict().items()}
+    other.load_state_dict(state)  # strict: nothing missing, nothing unexpected
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+    assert all(torch.equal(v, tokens.model.state_dict()[k]) for k, v in minilm.items())

@@ -115,6 +115,7 @@ def test_grid_runs_multihead_and_feature_bank_agree(tiny_world_data, one_thread)
     torch.manual_seed(0)
     trunk, info, key = fa.train_identity_trunk(d, p)
     assert 0 <= info["test_identity_rank1"] <= 1
+    torch.set_num_threads(1)  # the rank-1 retrieval leaves torch at numba's thread count: 15x slower on busy cores
     # frozen features kept in memory or recomputed per batch: the same run
     a = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 100), "emotion", "finetune", 2, 0, p, keep_state=True)
     b = fa.finetune_run(trunk, d, fa.FeatureBank(trunk, d, "cpu", 0), "emotion", "finetune", 2, 0, p)
@@ -151,3 +152,135 @@ def test_real_formats_with_fer2013(tmp_path):
     assert len(d.train) == 4 and len(d.test) == 2
     assert d.train.labels["emotion"].tolist() == [-1, -1, 1, 2] and d.train.labels["gender"].tolist() == [0, 1, -1, -1]
     assert d.test.labels["emotion"].tolist() == [-1, 0] and d.test.images.shape[1:] == (3, 16, 16)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupted_train(monkeypatch, after_steps):
+    """Make face_attributes' trainings die after `after_steps` optimizer steps (as a killed run would)."""
+    real = fa.train
+
+    def train(model, step_fn, batch_fn, cfg, **kw):
+        calls = {"n": 0}
+
+        def dying_step(m, batch):
+            if calls["n"] == after_steps:
+                raise _Interrupt(f"killed at step {after_steps}")
+            calls["n"] += 1
+            return step_fn(m, batch)
+        return real(model, dying_step, batch_fn, cfg, **kw)
+    monkeypatch.setattr(fa, "train", train)
+
+
+def test_killed_trunk_training_resumes_to_the_uninterrupted_weights(tiny_world_data, one_thread, tmp_path,
+                                                                     monkeypatch):
+    """The trunk checkpoints into the cache's run folder of its entry; killed mid-way and rerun, it resumes from
+    the checkpoint and ends with exactly the weights of a run that went straight through."""
+    from visualsearch.cache import ResultCache
+
+    d = tiny_world_data
+    p = _params(checkpoint_every=4, trunk={**SECTION, "steps": 12})
+    # (each training on one thread: the rank-1 retrieval after a training leaves torch at numba's thread count,
+    # and a sum over 2 threads rounds differently)
+    torch.set_num_threads(1)
+    straight, _, _ = fa.train_identity_trunk(d, p, ResultCache(tmp_path / "a" / "results"))
+    cache = ResultCache(tmp_path / "b" / "results")
+    key = {"data": d.fingerprint, "model": fa.asdict(fa.net_config(p)), "trunk": dict(p["trunk"]), "seed": p["seed"]}
+    run_dir = cache.run_dir("face_trunk", key)
+    _interrupted_train(monkeypatch, after_steps=6)
+    torch.set_num_threads(1)
+    with pytest.raises(_Interrupt):
+        fa.train_identity_trunk(d, p, cache)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 6 and not cache.path("face_trunk", key).is_file()  # killed: a checkpoint, no entry
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    resumed, info, _ = fa.train_identity_trunk(d, p, cache)
+    a, b = straight.state_dict(), resumed.state_dict()
+    diff = [(k, (a[k].float() - b[k].float()).abs().max().item()) for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not diff, diff
+    assert not run_dir.exists()  # the stored entry replaces the checkpoints
+
+
+def test_finetune_runs_checkpoint_into_their_own_run_dirs(tiny_world_data, one_thread, tmp_path, monkeypatch):
+    """Every fine-tuning run of the grid (forked workers included) trains in the run folder of its own cache
+    entry: two runs never share one."""
+    from visualsearch.cache import ResultCache
+
+    d = tiny_world_data
+    p = _params(seeds=[0], depths=[2, 4], finetune={**SECTION, "steps": 3}, trunk={**SECTION, "steps": 3},
+                parallel={"workers": 2, "threads_per_worker": 1})
+    cache = ResultCache(tmp_path / "results")
+    trunk, _, key = fa.train_identity_trunk(d, p, cache)
+    torch.set_num_threads(1)  # (see above)
+    seen = []
+    real = fa.fit_classifier
+
+    def spy(*args, run_dir=None, **kw):
+        seen.append(run_dir)
+        return real(*args, run_dir=run_dir, **kw)
+    monkeypatch.setattr(fa, "fit_classifier", spy)
+    for job in fa.grid_jobs(p)[:3]:  # in this process (the forked workers call the same finetune_run)
+        fa.cached_training(cache, "face_finetune", fa._job_key(key, p, job), lambda run_dir, job=job: fa.finetune_run(
+            trunk, d, fa.FeatureBank(trunk, d, "cpu", 100), job[1], job[2], job[0], job[3], p, run_dir=run_dir))
+    assert len(seen) == 3 and len(set(seen)) == 3 and all(r.parent.name == "face_finetune" for r in seen)
+    monkeypatch.undo()
+    runs_df, _ = fa.run_grid(trunk, key, d, p, cache, progress=False)  # the rest in 2 forked workers
+    assert len(runs_df) == len(fa.grid_jobs(p))
+    assert not any((cache.root.parent / "runs" / "face_finetune").iterdir())  # every run's folder removed once stored
+
+
+def test_identity_table_says_in_words_when_retrieval_cannot_be_computed(tiny_world_data):
+    info = {"test_identity_rank1": float("nan"), "train_acc_last10pct": 0.5}
+    d = tiny_world_data
+    no_ids = fa.FaceData(d.pretrain, d.train, fa.FaceSplit(d.test.images, d.test.labels,
+                                                           torch.full_like(d.test.identity, -1), d.test.age_years),
+                         d.vocab, d.n_identities, d.description, d.fingerprint)
+    table, note = fa.identity_table(info, no_ids, "real faces")
+    row = table[table.metric == "rank-1 identity retrieval, unseen people"].iloc[0]
+    assert pd.isna(row["reproduced"]) and row["note"].startswith("not computable") and "identity" in note
+    table, note = fa.identity_table({**info, "test_identity_rank1": 0.75}, d, "synthetic faces")
+    assert table["reproduced"].tolist() == [0.75, 0.5] and note == "" and (table["note"] == "").all()
+
+
+def test_missing_real_files_are_named_before_anything_is_read(tmp_path):
+    (tmp_path / "identities").mkdir()
+    p = _params(data_root=str(tmp_path), data={"identity_dir": "identities", "min_images_per_identity": 2,
+                                               "fairface_train": "fairface_label_train.csv",
+                                               "fairface_val": "fairface_label_val.csv", "fairface_images": ".",
+                                               "fer2013": "fer2013.csv"})
+    with pytest.raises(fa.DataFormatError) as e:
+        fa.load_face_data(p)
+    msg = str(e.value)
+    assert "fairface_label_train.csv" in msg and "fairface_label_val.csv" in msg and "fer2013.csv" in msg
+    assert "identities" not in msg.split("missing under the data root")[1]  # the folder that is there
+
+
+def test_published_layout_reads_back_with_the_paper_presets_paths(tmp_path):
+    """The writers' data root (FairFace's released columns, FER2013, identity folders) is what the paper preset's
+    `data` paths read: emotion from FER2013 only, no identities in the attribute sets."""
+    from visualsearch.config import load_params
+    from visualsearch.data.faces import write_published_layout
+
+    write_published_layout(tmp_path, {"seed": 1, "image_size": 24, "n_pretrain_identities": 4,
+                                      "n_train_identities": 3, "n_val_identities": 3, "photos_per_identity": 5})
+    header = (tmp_path / "fairface_label_train.csv").read_text().splitlines()[0]
+    assert header == "file,age,gender,race,service_test"
+    p = load_params("face_attribute_sharing", "paper", {"model": {"input_size": 16}}, data_root=tmp_path)
+    d = fa.load_face_data(p)
+    assert d.n_identities == 4 and len(d.pretrain) == 20
+    assert len(d.train) == 15 + 6 and len(d.test) == 15 + 6  # FairFace rows + FER2013 rows (2 per person)
+    assert (d.train.labels["emotion"][:15] == -1).all() and (d.train.labels["emotion"][15:] >= 0).all()
+    assert (d.test.identity == -1).all() and "FER2013" in d.description
+
+
+def test_readme_names_what_the_paper_preset_reads():
+    from test_cfq_experiment import readme_names
+    from visualsearch.config import load_params
+
+    names = readme_names("face")
+    d = load_params("face_attribute_sharing", "paper")["data"]
+    assert {d["identity_dir"] + "/<person>/<image>.jpg", d["fairface_train"], d["fairface_val"], d["fer2013"],
+            "train/", "val/"} <= names and d["fairface_images"] == "."

@@ -156,3 +156,20 @@ def test_load_face_tensor_resizes_and_skips(tmp_path):
     x, kept = load_face_tensor([tmp_path / "a.jpg", tmp_path / "missing.jpg"], 32, skips)
     assert x.shape == (1, 3, 32, 32) and x.dtype == torch.uint8 and list(kept) == [True, False]
     assert abs(int(x.float().mean()) - 200) <= 2 and skips.count == 1
+
+
+def test_fer2013_writer_round_trips_through_the_reader(tmp_path):
+    from visualsearch.data.face_readers import read_fer2013, write_fer2013
+
+    images = np.arange(3 * 48 * 48, dtype=np.int64).reshape(3, 48, 48).astype(np.uint8)
+    path = write_fer2013(tmp_path / "fer2013.csv", images, ["happy", "neutral", "angry"],
+                         ["Training", "PublicTest", "PrivateTest"])
+    assert path.read_text().splitlines()[0] == "emotion,pixels,Usage"
+    assert path.read_text().splitlines()[1].startswith("3,0 1 2 ")  # FER2013's code of "happy"
+    back, df = read_fer2013(path)
+    assert np.array_equal(back, images) and df["emotion"].tolist() == ["happy", "neutral", "angry"]
+    assert df["usage"].tolist() == ["Training", "PublicTest", "PrivateTest"]
+    with pytest.raises(ValueError, match="uint8"):
+        write_fer2013(tmp_path / "x.csv", images[:, :40], ["happy"] * 3, ["Training"] * 3)
+    with pytest.raises(ValueError, match="usage"):
+        write_fer2013(tmp_path / "x.csv", images, ["happy"] * 3, ["Train"] * 3)

@@ -3,9 +3,10 @@
 Why a module: the notebook tells the story in a few cells; everything that computes lives here and is
 tested. The flow, as the released experiment scripts run it:
 
-1. Multimodal pretraining. Paper preset: a real CLIP loaded from a local folder. Embedded default: a small
-   dual encoder (`models.clip.small_clip`) pretrained in the notebook with CLIP's contrastive loss on the
-   products world's photos and attribute captions ("a blue striped dress with long sleeves").
+1. Multimodal pretraining. Paper preset: a real CLIP loaded from a local folder (`model.clip_path`, required
+   with a data root: the real datasets hold no generic image-caption corpus to pretrain on). Embedded default:
+   a small dual encoder (`models.clip.small_clip`) pretrained in the notebook with CLIP's contrastive loss on
+   the products world's photos and attribute captions ("a blue striped dress with long sleeves").
 2. Optional weak-supervision pretraining ("iMFQ"): (reference, neighbour, caption) pairs from
    iMaterialist-style attribute labels (`data.imaterialist`), in-batch softmax.
 3. Fashion IQ(-style) training, in-batch softmax.
@@ -13,7 +14,11 @@ tested. The flow, as the released experiment scripts run it:
 
 The grid (`RUNS`) is the paper's plus one arm the paper's claim needs and its grid lacks: "scratch-fiq",
 CLIP VA with a never-pretrained dual encoder trained end to end on Fashion IQ (BatchNorm trainable, all
-parameters at the new-parameter rate), the "no multimodal pretraining" baseline.
+parameters at the new-parameter rate), the "no multimodal pretraining" baseline. Under every preset it is the
+pretrained arm's architecture with a random initialisation (`new_clip`): on the paper preset the local CLIP's
+config with transformers' initialisation (`models.clip.random_clip`), never its weights; on the embedded
+default the small dual encoder before contrastive pretraining (its frozen MiniLM token source is text-only
+pretrained and shared by every arm; the trainable text block on top of it starts random).
 
 Beyond the paper, a data-limited sweep (`data_limited` in the presets) retrains some runs on nested shares
 of the Fashion IQ-style training pairs: the paper fine-tunes a model pretrained on 400M pairs with 18k
@@ -27,11 +32,15 @@ Small-scale choices (each stated where a table is written):
   keep the lower rate). The paper preset trains the backbone at the lower rate. No image augmentation.
 - The MiniLM text model is frozen; the text tower's trainable Transformer block on top of it is what
   pretraining and fine-tuning change.
-Training runs and their evaluations are cached (`cache.ResultCache`): a rerun only redraws figures.
+Training runs and their evaluations are cached (`cache.ResultCache`): a rerun only redraws figures. Each
+training (pretraining, every stage of every run) checkpoints into the cache's run folder of its entry
+(`ResultCache.run_dir`) every `checkpoint_every` steps, so a killed run resumes where it stopped with the
+numbers an uninterrupted run gives; the folder is removed once the entry is stored.
 """
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,11 +279,62 @@ def _imat_eval(split: imat.IMatSplit, bank: ImageBank, max_queries: int | None, 
             "gallery": bank.add([split.path(i) for i in gallery]), "gallery_labels": [by_id[i] for i in gallery]}
 
 
+# What the grid reads under a data root (published layouts; see README "Real data" and the notebook).
+REAL_FILES = (
+    *(f"fashioniq/captions/cap.{c}.{s}.json" for s in ("train", "val") for c in ("dress", "shirt", "toptee")),
+    *(f"fashioniq/image_splits/split.{c}.{s}.json" for s in ("train", "val") for c in ("dress", "shirt", "toptee")),
+    "imaterialist/imat2018_label_map.tsv",
+    "imaterialist/train.json | imaterialist/train_with_neighbors.json",
+    "imaterialist/validation.json | imaterialist/validation_with_neighbors.json",
+    "cfq/judgments.tsv", "cfq/equivalent_captions.json",
+)
+REAL_FOLDERS = ("fashioniq/images | fashioniq/img", "imaterialist/images_train", "imaterialist/images_validation",
+                "cfq/images")
+
+
+class SettingsError(ValueError):
+    """A setting the chosen data need is missing or wrong (named before any work starts)."""
+
+
+def require_settings(p) -> None:
+    """Check, before anything is read or trained, what this preset and data root need: with a data root, a
+    local CLIP (`model.clip_path`) whose input size is `model.image_size`, and every file and folder of the
+    published layouts (all missing ones named at once). Raises SettingsError."""
+    m = p["model"]
+    problems = []
+    if p.get("data_root") and not m["clip_path"]:
+        problems.append("model.clip_path must be set with a data root (e.g. --set model.clip_path=/models/clip): a "
+                        "local CLIP folder as transformers' save_pretrained writes it (config.json, weights, "
+                        "tokenizer files); the real datasets hold no image-caption corpus to pretrain the small "
+                        "dual encoder on")
+    if m["clip_path"]:
+        try:
+            fixed = clipmod.clip_settings(m["clip_path"])
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"model.clip_path: {e}")
+        else:
+            if fixed["image_size"] != m["image_size"]:
+                problems.append(f"model.image_size is {m['image_size']} but the CLIP at {m['clip_path']} takes "
+                                f"{fixed['image_size']} px images (vision_config.image_size): set "
+                                f"model.image_size={fixed['image_size']}")
+    if p.get("data_root"):
+        root = Path(p["data_root"])
+        for rel in REAL_FILES:
+            if not any((root / r.strip()).is_file() for r in rel.split("|")):
+                problems.append(f"missing file {root / rel.split('|')[0].strip()}"
+                                + (f" (or {', '.join(r.strip() for r in rel.split('|')[1:])})" if "|" in rel else ""))
+        for rel in REAL_FOLDERS:
+            if not any((root / r.strip()).is_dir() for r in rel.split("|")):
+                problems.append(f"missing folder {root / rel.split('|')[0].strip()}")
+    if problems:
+        raise SettingsError("cfq_evaluation cannot run with these settings:\n  - " + "\n  - ".join(problems))
+
+
 def prepare_data(p, bank: ImageBank) -> ExperimentData:
     """Read (real, under p.data_root) or draw (synthetic) every dataset of the grid and register its images.
 
-    Real layout under data_root: fashioniq/, imaterialist/ (imat2018_label_map.tsv, train.json,
-    validation.json, images_*), cfq/. Synthetic: the worlds described by p.worlds.
+    Real layout under data_root: `REAL_FILES` and `REAL_FOLDERS` (fashioniq/, imaterialist/, cfq/).
+    Synthetic: the worlds described by p.worlds.
     """
     from .data.fashion_text import FashionTextConfig, fashion_iq_world
     from .data.products import ProductsWorldConfig, products_world, read_attributes, read_image_table
@@ -433,18 +493,41 @@ class CFQExperiment:
     def __init__(self, p, cache=None, progress: bool = True):
         from .cache import ResultCache
 
-        self.p, self.cache, self.progress = p, cache or ResultCache(), progress
+        require_settings(p)
+        self._setup(p, cache or ResultCache(), progress)
+        with prog.stage("reading the datasets of the grid", disable=not self.progress):
+            self.data = prepare_data(p, self.bank)
+
+    def _setup(self, p, cache, progress: bool) -> None:
+        self.p, self.cache, self.progress = p, cache, progress
         self.device = p.get("device", "cpu")
         m = p["model"]
         mean, std = ((clipmod.CLIP_MEAN, clipmod.CLIP_STD) if m["clip_path"] else ((0.5,) * 3, (0.25,) * 3))
         self.bank = ImageBank(m["image_size"], mean, std)
-        with prog.stage("reading the datasets of the grid", disable=not self.progress):
-            self.data = prepare_data(p, self.bank)
+        self.data = None
         self._tokens = None
         self._features = None
+        self.pretrain_log = None                              # contrastive pretraining's log (embedded default)
         self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
         self.limited: dict[tuple[str, float], dict] = {}      # (run, share of FIQ pairs) -> result
         self.timings: dict[str, float] = {}
+
+    @classmethod
+    def models_only(cls, p, cache=None, progress: bool = False) -> "CFQExperiment":
+        """An experiment that reads no data: builds models (`new_clip`, `pretrained_clip`, `build` of runs on
+        pixels) for inspection and tests."""
+        from .cache import ResultCache
+
+        exp = cls.__new__(cls)
+        exp._setup(p, cache or ResultCache(), progress)
+        return exp
+
+    def _cached_training(self, name: str, key: dict, compute):
+        """cache.get_or_compute, then the entry's checkpoint folder is removed: the stored entry replaces it
+        (and a recomputation asked for with VISUALSEARCH_NO_CACHE must not find a finished checkpoint)."""
+        out = self.cache.get_or_compute(name, key, compute)
+        shutil.rmtree(self.cache.run_dir(name, key), ignore_errors=True)
+        return out
 
     # -- keys
     def data_key(self) -> dict:
@@ -457,9 +540,12 @@ class CFQExperiment:
 
     # -- models
     def new_clip(self) -> clipmod.DualEncoder:
+        """The dual encoder before any multimodal pretraining, drawn with the seed: the local CLIP's
+        architecture with a random initialisation (paper preset), or the small dual encoder (embedded default).
+        The "no pretraining" arm starts here; the pretrained arms load their weights on top of it."""
         m = self.p["model"]
         if m["clip_path"]:
-            return clipmod.load_clip(m["clip_path"])
+            return clipmod.random_clip(m["clip_path"], seed=self.p["seed"])
         if self._tokens is None:
             self._tokens = clipmod.FrozenMiniLMTokens(m["text_model_path"])
         torch.manual_seed(self.p["seed"])
@@ -470,7 +556,9 @@ class CFQExperiment:
         """The dual encoder after multimodal pretraining (trained here on the embedded default; a real
         CLIP's own weights on the paper preset)."""
         if self.p["model"]["clip_path"]:
-            return stored_state(self.new_clip())
+            self.pretrain_log = None  # nothing is trained here: the CLIP's own weights
+            return stored_state(clipmod.load_clip(self.p["model"]["clip_path"]))
+        key = self.pretrain_key()
 
         def compute():
             from .train import TrainConfig, train
@@ -479,20 +567,44 @@ class CFQExperiment:
             clip = self.new_clip().to(self.device)
             cfg = TrainConfig(steps=t["steps"], lr=t["lr"], optimizer="adam", weight_decay=t["weight_decay"],
                               seed=self.p["seed"], progress=self.progress, device=self.device, log_every=50,
-                              desc="contrastive pretraining")
+                              desc="contrastive pretraining", checkpoint_every=self.p["checkpoint_every"])
             start = time.time()
             res = train(clip, contrastive_step, contrastive_batches(self.data, t["batch_size"], self.p["seed"],
-                                                                    self.device), cfg)
+                                                                    self.device), cfg,
+                        run_dir=self.cache.run_dir("cfq_pretrain", key))
             return {"state": stored_state(res.model), "log": res.log, "wall_s": time.time() - start}
 
-        out = self.cache.get_or_compute("cfq_pretrain", self.pretrain_key(), compute)
+        out = self._cached_training("cfq_pretrain", key, compute)
         self.timings.setdefault("pretrain", out["wall_s"])
         self.pretrain_log = out["log"]
         return out["state"]
 
+    def pretraining_summary(self) -> str:
+        """Runs (or loads) the multimodal pretraining and says what it gave, in one line."""
+        m = self.p["model"]
+        if m["clip_path"]:
+            state = self.pretrained_state()
+            n = sum(v.numel() for v in state.values())
+            return (f"pretrained CLIP loaded from {m['clip_path']} ({n / 1e6:.1f}M weights, "
+                    f"{clipmod.clip_settings(m['clip_path'])['image_size']} px): no pretraining runs here")
+        self.pretrained_state()
+        log = self.pretrain_log
+        return (f"contrastive loss {log.loss.iloc[:20].mean():.2f} -> {log.loss.iloc[-20:].mean():.2f}; in-batch "
+                f"image-to-text accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} "
+                f"(chance {1 / self.p['pretrain']['batch_size']:.3f})")
+
     def pretrained_clip(self) -> clipmod.DualEncoder:
-        clip = self.new_clip()
-        clip.load_state_dict(self.pretrained_state(), strict=False)
+        """The dual encoder after multimodal pretraining: the local CLIP as loaded (paper preset) or the small
+        dual encoder with its pretrained weights."""
+        if self.p["model"]["clip_path"]:
+            self.pretrain_log = None
+            clip = clipmod.load_clip(self.p["model"]["clip_path"])
+            # new layers built on it draw from the seed, as on the embedded default (where new_clip seeds):
+            # never from whatever ran before (runs loaded from the cache or not)
+            torch.manual_seed(self.p["seed"])
+        else:
+            clip = self.new_clip()
+            clip.load_state_dict(self.pretrained_state(), strict=False)
         if self.p["model"]["freeze_backbone"]:
             clip.freeze_backbone()
         return clip.to(self.device)
@@ -543,7 +655,8 @@ class CFQExperiment:
         keep = np.sort(np.random.default_rng(step_seed(self.p["seed"], 0, 7)).permutation(len(pairs))[:n])
         return PairSet(pairs.refs[keep], pairs.targets[keep], [pairs.captions[i] for i in keep])
 
-    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0):
+    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0, run_dir=None):
+        """Train `model` on one stage of `run` (resuming from a checkpoint in `run_dir`, if any); its log."""
         from .train import TrainConfig, train
 
         kind, _, pretrained = RUNS[run]
@@ -558,9 +671,10 @@ class CFQExperiment:
                           weight_decay=t["weight_decay"], lr_milestones=milestones, lr_gamma=0.1,
                           seed=step_seed(self.p["seed"], 0, 1 + ["imfq", "fiq"].index(stage)),
                           progress=self.progress, device=self.device, log_every=50,
-                          desc=f"{self.run_label(run, fiq_share)}: {stage} stage")
+                          desc=f"{self.run_label(run, fiq_share)}: {stage} stage",
+                          checkpoint_every=self.p["checkpoint_every"])
         batches = composed_batches(pairs, inputs, t["batch_size"], cfg.seed)
-        return train(model, composed_step, batches, cfg, param_groups=model.param_groups(scale)).log
+        return train(model, composed_step, batches, cfg, run_dir=run_dir, param_groups=model.param_groups(scale)).log
 
     def run_label(self, run: str, fiq_share: float = 1.0) -> str:
         """The run's name in progress lines (with its share of the FIQ pairs in the data-limited sweep)."""
@@ -569,18 +683,21 @@ class CFQExperiment:
     def run(self, run: str, fiq_share: float = 1.0) -> dict:
         """Train (if the run has stages) and evaluate one run of the grid, its Fashion IQ stage on `fiq_share`
         of the training pairs (same steps and rates); cached."""
+        key = self.run_key(run, fiq_share)
+
         def compute():
             start = time.time()
             model, inputs = self.build(run)
             logs = {}
-            for stage in RUNS[run][1]:
-                logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share)
+            for stage in RUNS[run][1]:  # each stage checkpoints into its own folder of the run's
+                logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share,
+                                               run_dir=self.cache.run_dir("cfq_run", key) / stage)
             train_s = time.time() - start
             with prog.stage(f"{self.run_label(run, fiq_share)}: evaluating", disable=not self.progress):
                 metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
             return {**metrics, "logs": logs, "train_s": train_s, "wall_s": time.time() - start}
 
-        out = self.cache.get_or_compute("cfq_run", self.run_key(run, fiq_share), compute)
+        out = self._cached_training("cfq_run", key, compute)
         if fiq_share == 1:
             self.results[run] = out
             self.timings[run] = out["wall_s"]
@@ -722,7 +839,8 @@ def pretraining_margins(table: pd.DataFrame, pretrained: str = "clip-fiq", scrat
     if a not in wide or b not in wide:
         return pd.DataFrame()
     margin = (wide[a] - wide[b]).rename("margin").reset_index()
-    return margin.pivot(index="FIQ training pairs", columns="metric", values="margin")[list(HEADLINE)]
+    # (a headline number that is NaN, e.g. a CFQ metric with no group holding both classes, keeps its column)
+    return margin.pivot(index="FIQ training pairs", columns="metric", values="margin").reindex(columns=list(HEADLINE))
 
 
 def data_limited_figure(table: pd.DataFrame):

@@ -13,9 +13,15 @@ The flow (see notebooks/face_attribute_sharing.ipynb):
    probe at every depth ("probe"); the same network from random weights ("scratch") is the third baseline.
    Each run is cached by the hash of what produced it.
 4. `sharing` picks the pattern; `evaluate_multihead` builds it as one network and measures it.
+
+Every training (the trunk, each fine-tuning run) checkpoints into the cache's run folder of its entry
+(`ResultCache.run_dir`, one folder per run, so forked workers never share one) every `checkpoint_every` steps
+and resumes from it when killed, with the numbers of an uninterrupted run; the folder is removed once the
+entry is stored.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,6 +99,30 @@ def world_config(p) -> FacesWorldConfig:
     return FacesWorldConfig(**dict(p["world"]))
 
 
+def real_paths(p) -> dict:
+    """{what: path} of everything read under data_root (the paths in p.data, relative to it)."""
+    root, d = Path(p["data_root"]), p["data"]
+    out = {"identity folders (data.identity_dir)": root / d["identity_dir"],
+           "FairFace training labels (data.fairface_train)": root / d["fairface_train"],
+           "FairFace test labels (data.fairface_val)": root / d["fairface_val"],
+           "FairFace image root (data.fairface_images)": root / d["fairface_images"]}
+    if d.get("fer2013"):
+        out["FER2013 CSV (data.fer2013)"] = root / d["fer2013"]
+    return out
+
+
+def require_settings(p) -> None:
+    """With a data root, check that every file and folder the notebook reads is there, all named at once,
+    before anything is read or trained (DataFormatError)."""
+    if not p.get("data_root"):
+        return
+    missing = [f"{what}: {path}" for what, path in real_paths(p).items()
+               if not (path.is_dir() if ("folders" in what or "root" in what) else path.is_file())]
+    if missing:
+        raise DataFormatError(p["data_root"], "missing under the data root:\n  - " + "\n  - ".join(missing),
+                              expected="the layout of p.data (configs/face_attribute_sharing/default.yaml)")
+
+
 def load_face_data(p, skips: SkipLog | None = None) -> FaceData:
     """The three splits at the model's input size, from the synthetic world (data_root None) or real data.
 
@@ -102,6 +132,7 @@ def load_face_data(p, skips: SkipLog | None = None) -> FaceData:
     Attributes a dataset lacks are -1 and left out of that attribute's training and scoring.
     """
     skips = skips if skips is not None else SkipLog()
+    require_settings(p)
     size = p["model"]["input_size"]
     if p.get("data_root"):
         root = Path(p["data_root"])
@@ -153,7 +184,8 @@ def load_face_data(p, skips: SkipLog | None = None) -> FaceData:
 
 # ------------------------------------------------------------------ training helpers
 
-def train_config(section: dict, seed: int, device: str, desc: str | None = None) -> TrainConfig:
+def train_config(section: dict, seed: int, device: str, desc: str | None = None,
+                 checkpoint_every: int = 0) -> TrainConfig:
     """TrainConfig of a `trunk` or `finetune` parameter section (Adam, one step decay at decay_at); a
     progress bar labelled `desc` when given (not for the many small fine-tuning runs)."""
     steps = int(section["steps"])
@@ -161,14 +193,15 @@ def train_config(section: dict, seed: int, device: str, desc: str | None = None)
                        weight_decay=float(section["weight_decay"]),
                        lr_milestones=tuple(int(steps * f) for f in section["decay_at"]), lr_gamma=0.1,
                        seed=seed, progress=desc is not None, desc=desc or "training", device=device,
-                       log_every=max(1, steps // 10))
+                       log_every=max(1, steps // 10), checkpoint_every=int(checkpoint_every))
 
 
 def fit_classifier(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, section: dict, seed: int,
-                   device: str = "cpu", desc: str | None = None):
+                   device: str = "cpu", desc: str | None = None, run_dir=None, checkpoint_every: int = 0):
     """Train `model` to classify `inputs` (uint8 images or float features) with cross-entropy, through the
     shared training loop. Batches are a pure function of (seed, step), so a run is reproducible. `desc`:
-    a progress bar so labelled."""
+    a progress bar so labelled. `run_dir`: checkpoints every `checkpoint_every` steps (and at the end) go
+    there, and a run finding one resumes from it."""
     bs = int(section["batch_size"])
     n = len(inputs)
 
@@ -184,7 +217,20 @@ def fit_classifier(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.T
         return loss, {"acc": float((logits.argmax(1) == y).float().mean())}
 
     seed_everything(seed)
-    return train(model, step_fn, batch_fn, train_config(section, seed, device, desc))
+    return train(model, step_fn, batch_fn, train_config(section, seed, device, desc, checkpoint_every),
+                 run_dir=run_dir)
+
+
+def cached_training(cache, name: str, key: dict, compute):
+    """cache.get_or_compute(name, key, compute(run_dir)) with the entry's checkpoint folder as run_dir (None
+    without a cache); the folder is removed once the entry is stored (a recomputation asked for with
+    VISUALSEARCH_NO_CACHE must not find a finished checkpoint)."""
+    if cache is None:
+        return compute(None)
+    run_dir = cache.run_dir(name, key)
+    out = cache.get_or_compute(name, key, lambda: compute(run_dir))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
 
 
 @torch.no_grad()
@@ -259,21 +305,42 @@ def train_identity_trunk(data: FaceData, p, cache=None, device: str = "cpu") -> 
     cfg = net_config(p)
     key = {"data": data.fingerprint, "model": asdict(cfg), "trunk": dict(p["trunk"]), "seed": p["seed"]}
 
-    def compute():
+    def compute(run_dir):
         seed_everything(p["seed"])
         net = IdentityNet(cfg, data.n_identities)
         res = fit_classifier(net, data.pretrain.images, data.pretrain.identity, p["trunk"], p["seed"], device,
-                             desc=f"identity trunk ({data.n_identities} people)")
+                             desc=f"identity trunk ({data.n_identities} people)", run_dir=run_dir,
+                             checkpoint_every=p.get("checkpoint_every", 0))
         net = res.model.cpu()
         tail = res.log.tail(max(1, len(res.log) // 10))
         return {"state": net.state_dict(), "train_acc_last10pct": float(tail["acc"].mean()),
                 "final_loss": float(tail["loss"].mean()), "wall_s": res.wall_s,
                 "test_identity_rank1": identity_rank1(net, data.test, device)}
 
-    out = cache.get_or_compute("face_trunk", key, compute) if cache is not None else compute()
+    out = cached_training(cache, "face_trunk", key, compute)
     net = IdentityNet(cfg, data.n_identities)
     net.load_state_dict(out["state"])
     return net.trunk.eval(), {k: v for k, v in out.items() if k != "state"}, key
+
+
+IDENTITY_NOT_COMPUTABLE = ("not computable: the attribute test images carry no identity labels (FairFace's CSVs "
+                           "have no identity column and FER2013 has none), so there are no unseen people to "
+                           "retrieve by identity")
+
+
+def identity_table(info: dict, data: FaceData, dataset: str) -> tuple[pd.DataFrame, str]:
+    """The identity trunk's table (rank-1 identity retrieval among unseen people, training accuracy) with a
+    `note` column, and the table's note: where the test images carry no identity labels the retrieval cell is
+    empty and the note says why in words."""
+    rank1 = info["test_identity_rank1"]
+    computable = int((data.test.identity >= 0).sum()) >= 2 and rank1 == rank1  # (NaN != NaN)
+    why = "" if computable else IDENTITY_NOT_COMPUTABLE
+    rows = [{"method": "identity trunk", "dataset": dataset, "metric": "rank-1 identity retrieval, unseen people",
+             "reproduced": float(rank1) if computable else None, "note": why},
+            {"method": "identity trunk", "dataset": dataset, "metric": "training accuracy (last 10% of steps)",
+             "reproduced": float(info["train_acc_last10pct"]), "note": ""}]
+    note = f"Rank-1 identity retrieval, unseen people: {why}." if why else ""
+    return pd.DataFrame(rows), note
 
 
 # ------------------------------------------------------------------ fine-tuning grid
@@ -317,8 +384,9 @@ class FeatureBank:
 
 
 def finetune_run(trunk: FaceTrunk, data: FaceData, bank: FeatureBank, attr: str, method: str, depth: int,
-                 seed: int, p, keep_state: bool = False, device: str = "cpu") -> dict:
+                 seed: int, p, keep_state: bool = False, device: str = "cpu", run_dir=None) -> dict:
     """One branch for `attr` at `depth` trained with `method` and `seed`; scored on the test split.
+    `run_dir`: this run's own checkpoint folder (resumed from when a checkpoint is there).
 
     "scratch" at depth 0 is a whole network trained from random weights; at a deeper depth it is the
     "re-initialise the layers after L" variant (frozen identity stages below, fresh stages above).
@@ -333,7 +401,8 @@ def finetune_run(trunk: FaceTrunk, data: FaceData, bank: FeatureBank, attr: str,
     else:
         x_train, x_test = bank.get(depth)
         model = branch
-    res = fit_classifier(model, x_train[have], y_train[have], p["finetune"], seed, device)
+    res = fit_classifier(model, x_train[have], y_train[have], p["finetune"], seed, device, run_dir=run_dir,
+                         checkpoint_every=p.get("checkpoint_every", 0))
     out = score(attr, predict(res.model, x_test, device), data.test)
     out.update(attribute=attr, method=method, depth=depth, seed=seed, wall_s=res.wall_s,
                trainable_params=sum(q.numel() for q in branch.parameters()))
@@ -367,8 +436,8 @@ def _run_job(job: tuple, cache_root) -> None:
         w["bank"] = FeatureBank(w["trunk"], w["data"], w["device"], w["p"]["finetune"]["feature_cache_mb"])
     d, a, m, s = job
     key = _job_key(w["trunk_key"], w["p"], job)
-    ResultCache(cache_root).get_or_compute("face_finetune", key, lambda: finetune_run(
-        w["trunk"], w["data"], w["bank"], a, m, d, s, w["p"], key["keep_state"], w["device"]))
+    cached_training(ResultCache(cache_root), "face_finetune", key, lambda run_dir: finetune_run(
+        w["trunk"], w["data"], w["bank"], a, m, d, s, w["p"], key["keep_state"], w["device"], run_dir))
 
 
 def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, device: str = "cpu",
@@ -405,8 +474,9 @@ def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, d
     for job in bar(jobs, desc="fine-tuning runs", unit="run", disable=not progress or not todo):
         d, a, m, s = job
         key = _job_key(trunk_key, p, job)
-        compute = lambda d=d, a=a, m=m, s=s, k=key: finetune_run(trunk, data, bank, a, m, d, s, p, k["keep_state"], device)
-        r = cache.get_or_compute("face_finetune", key, compute) if cache is not None else compute()
+        compute = lambda run_dir, d=d, a=a, m=m, s=s, k=key: finetune_run(trunk, data, bank, a, m, d, s, p,
+                                                                         k["keep_state"], device, run_dir)
+        r = cached_training(cache, "face_finetune", key, compute)
         runs[(a, m, d, s)] = r
     rows = [{k: v for k, v in r.items() if k not in ("pred", "state")} for r in runs.values()]
     return pd.DataFrame(rows), runs

@@ -182,6 +182,26 @@ def read_fer2013(csv_path) -> tuple[np.ndarray, pd.DataFrame]:
     return np.stack(images), pd.DataFrame(rows)
 
 
+def write_fer2013(path, images: np.ndarray, emotions, usages) -> Path:
+    """Write FER2013's `fer2013.csv`: header `emotion,pixels,Usage`, one row per 48x48 grey face (`images` uint8
+    [N, 48, 48]; `emotions` FER_EMOTIONS names, written as their index 0-6; `usages` among FER_USAGES)."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (48, 48) or images.dtype != np.uint8:
+        raise ValueError(f"FER2013 faces are uint8 [N, 48, 48], got {images.dtype} {list(images.shape)}")
+    if not len(images) == len(emotions) == len(usages):
+        raise ValueError(f"{len(images)} faces, {len(emotions)} emotions and {len(usages)} usages")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for img, emotion, usage in zip(images, emotions, usages):
+            if emotion not in FER_EMOTIONS or usage not in FER_USAGES:
+                raise ValueError(f"emotion {emotion!r} / usage {usage!r}: expected one of {FER_EMOTIONS} / {FER_USAGES}")
+            w.writerow([FER_EMOTIONS.index(emotion), " ".join(map(str, img.reshape(-1).tolist())), usage])
+    return path
+
+
 def read_identity_folders(root, skips: SkipLog | None = None, min_images: int = 1, check: bool = True) -> pd.DataFrame:
     """Read a folder-per-identity set (`root/<identity>/<image>`: CASIA-WebFace, VGGFace2, CelebA by id).
 

@@ -23,6 +23,10 @@ The world is written in real formats so the readers of `face_readers` serve it a
   sets (`file,age,gender,race,service_test` with the 9 FairFace age bins, plus `emotion`, `identity` and
   `age_years` columns), drawn from identities disjoint from the pretraining ones and from each other.
 
+`write_published_layout` writes the same world as a data root in the layouts of the real releases
+(FairFace's columns only, its CSVs beside `train/` and `val/`, plus a FER2013 `fer2013.csv`), which is what the
+notebook's paper preset reads; the tests rehearse that preset on it.
+
 Ethnicity groups carry FairFace's seven label names so that the same reader and vocabulary serve both; in
 this world a group is only a randomly drawn prototype of drawn traits (skin tone, hair colour and curl, eye
 and nose shape) around which its identities scatter, overlapping with other groups. It models nothing about
@@ -494,6 +498,46 @@ def photos_of(ident: Identity, cfg: FacesWorldConfig, index: int) -> list[Photo]
     return [sample_photo(rng, ident, cfg) for _ in range(cfg.photos_per_identity)]
 
 
+def _write_identities(folder: Path, idents: list, cfg: FacesWorldConfig, first_index: int = 0) -> int:
+    """Folder-per-identity photos `folder/<identity>/<k>.jpg`; returns the next identity index."""
+    index = first_index
+    for ident in idents:
+        out = folder / ident.name
+        out.mkdir(parents=True, exist_ok=True)
+        for k, ph in enumerate(photos_of(ident, cfg, index)):
+            render_face(ident, ph, cfg.image_size).save(out / f"{k:03d}.jpg", quality=cfg.jpeg_quality)
+        index += 1
+    return index
+
+
+def _write_fairface(folder: Path, world: FacesWorld, cfg: FacesWorldConfig, first_index: int,
+                    extra_columns: bool = True) -> int:
+    """FairFace-style `folder/fairface_label_{train,val}.csv` + `folder/{train,val}/<n>.jpg` of the attribute
+    people; with `extra_columns` the world's `emotion`, `identity` and `age_years` columns follow FairFace's
+    `file,age,gender,race,service_test`. Returns the next identity index."""
+    index = first_index
+    for split, idents in (("train", world.train), ("val", world.val)):
+        img_dir = folder / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        n = 0
+        for ident in idents:
+            for ph in photos_of(ident, cfg, index):
+                n += 1
+                render_face(ident, ph, cfg.image_size).save(img_dir / f"{n}.jpg", quality=cfg.jpeg_quality)
+                row = {"file": f"{split}/{n}.jpg", "age": AGE_BINS[age_bin(ph.age)], "gender": ident.gender,
+                       "race": ident.race, "service_test": "False"}
+                if extra_columns:
+                    row.update(emotion=ph.emotion, identity=ident.name, age_years=f"{ph.age:.1f}")
+                rows.append(row)
+            index += 1
+        with open(folder / f"fairface_label_{split}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "age", "gender", "race", "service_test"])
+            w.writeheader()
+            w.writerows(rows)
+    return index
+
+
 def build_faces(folder, params: dict) -> None:
     """Write the faces world drawn with `params` (FacesWorldConfig fields) into `folder` (see module doc).
 
@@ -503,30 +547,50 @@ def build_faces(folder, params: dict) -> None:
     cfg.emotion_intensity = tuple(cfg.emotion_intensity)
     folder = Path(folder)
     world = make_world(cfg)
-    index = 0
-    for ident in world.pretrain:
-        out = folder / "identities" / ident.name
-        out.mkdir(parents=True, exist_ok=True)
-        for k, ph in enumerate(photos_of(ident, cfg, index)):
-            render_face(ident, ph, cfg.image_size).save(out / f"{k:03d}.jpg", quality=cfg.jpeg_quality)
-        index += 1
+    index = _write_identities(folder / "identities", world.pretrain, cfg)
+    _write_fairface(folder / "fairface", world, cfg, index)
+
+
+FER_SIZE = 48  # FER2013's faces are 48 x 48 grey
+
+
+def fer_faces(world: FacesWorld, cfg: FacesWorldConfig, per_identity: int = 2) -> tuple[np.ndarray, list, list]:
+    """FER2013-style faces of the world's attribute people: `per_identity` new photos of each, 48 x 48 grey.
+    Returns (uint8 [N, 48, 48], emotion names, usages): the attribute-training people's photos are "Training",
+    the test people's alternate "PublicTest" / "PrivateTest" (FER2013's three usages)."""
+    images, emotions, usages = [], [], []
     for split, idents in (("train", world.train), ("val", world.val)):
-        img_dir = folder / "fairface" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        n = 0
-        for ident in idents:
-            for ph in photos_of(ident, cfg, index):
-                n += 1
-                render_face(ident, ph, cfg.image_size).save(img_dir / f"{n}.jpg", quality=cfg.jpeg_quality)
-                rows.append({"file": f"{split}/{n}.jpg", "age": AGE_BINS[age_bin(ph.age)], "gender": ident.gender,
-                             "race": ident.race, "service_test": "False", "emotion": ph.emotion,
-                             "identity": ident.name, "age_years": f"{ph.age:.1f}"})
-            index += 1
-        with open(folder / "fairface" / f"fairface_label_{split}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "age", "gender", "race", "service_test"])
-            w.writeheader()
-            w.writerows(rows)
+        for i, ident in enumerate(idents):
+            rng = np.random.default_rng([cfg.seed, 5, 0 if split == "train" else 1, i])
+            for k in range(per_identity):
+                ph = sample_photo(rng, ident, cfg)
+                images.append(np.asarray(render_face(ident, ph, FER_SIZE).convert("L"), dtype=np.uint8))
+                emotions.append(ph.emotion)
+                usages.append("Training" if split == "train" else ("PublicTest", "PrivateTest")[(i + k) % 2])
+    return np.stack(images), emotions, usages
+
+
+def write_published_layout(root, params: dict, fer_per_identity: int = 2) -> Path:
+    """The faces world drawn with `params` written as a data root in the published layouts the face
+    notebook's paper preset reads (see README "Real data"):
+
+    - `identities/<identity>/<k>.jpg`: folder per identity (CASIA-WebFace / VGGFace2 layout);
+    - `fairface_label_train.csv`, `fairface_label_val.csv` with FairFace's released columns only
+      (`file,age,gender,race,service_test`: no emotion, identity or exact age) and the images `train/<n>.jpg`,
+      `val/<n>.jpg` beside them, as in the FairFace release;
+    - `fer2013.csv`: FER2013's `emotion,pixels,Usage` (`fer_faces`: 48 x 48 grey faces of the same attribute
+      people, written by `face_readers.write_fer2013`).
+    """
+    from .face_readers import write_fer2013
+
+    cfg = FacesWorldConfig(**params)
+    cfg.emotion_intensity = tuple(cfg.emotion_intensity)
+    root = Path(root)
+    world = make_world(cfg)
+    index = _write_identities(root / "identities", world.pretrain, cfg)
+    _write_fairface(root, world, cfg, index, extra_columns=False)
+    write_fer2013(root / "fer2013.csv", *fer_faces(world, cfg, fer_per_identity))
+    return root
 
 
 def world_params(cfg: FacesWorldConfig) -> dict:

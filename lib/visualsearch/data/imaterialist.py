@@ -393,6 +393,7 @@ def build_imat(folder, params) -> None:
 
     cfg = params if isinstance(params, IMatWorldConfig) else IMatWorldConfig(**params)
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     names = synthetic_label_names()
     ids = {name: i + 1 for i, name in enumerate(names)}
     (folder / "imat2018_label_map.tsv").write_text(

@@ -30,7 +30,8 @@ Dual encoders:
 - `load_clip(path)`: a real CLIP from a local folder via transformers (`CLIPModel`, `CLIPTokenizer`): image
   tokens = the vision transformer's patch states on their grid (ViT-B/32 at 224 px gives 7 x 7 = 49, as the
   paper's RN50 layer 4), pooled text state = the end token. transformers has no ResNet CLIP, so the paper's
-  RN50 is replaced by a ViT; nothing is downloaded.
+  RN50 is replaced by a ViT; nothing is downloaded. `random_clip(path, seed)`: the same architecture with a
+  random initialisation (the never-pretrained baseline); `clip_settings(path)` reads what its config fixes.
 
 Images are given as a batch [B, 3, H, W] or as the dict a tower's `backbone_features` returned: a frozen
 backbone's features can be computed once and reused by every run (what the default preset does).
@@ -190,6 +191,11 @@ class FrozenMiniLMTokens(nn.Module):
         self.model.eval()
         self.max_length, self.width, self.phrases = max_length, self.model.config.hidden_size, phrases
         self._cache: dict[str, torch.Tensor] = {}
+        # The frozen model's 22M weights come from its local folder, never from a state dict: they are left out
+        # of every state_dict (a checkpoint of a model over this source is then a few MB, not 90) and put
+        # back, as they are, when a state dict without them is loaded.
+        self.register_state_dict_post_hook(_drop_frozen_weights)
+        self.register_load_state_dict_pre_hook(_restore_frozen_weights)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -229,6 +235,17 @@ class FrozenMiniLMTokens(nn.Module):
             mask[i, :len(s)] = True
         device = next(self.model.parameters()).device
         return out.to(device), mask.to(device)
+
+
+def _drop_frozen_weights(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "model.")]:
+        del state_dict[key]
+
+
+def _restore_frozen_weights(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                            error_msgs) -> None:
+    for key, value in module.model.state_dict().items():
+        state_dict.setdefault(prefix + "model." + key, value)
 
 
 class WordTokens(nn.Module):
@@ -377,18 +394,31 @@ class HFTextTower(nn.Module):
         return TextOut(out.last_hidden_state, batch["attention_mask"].bool(), out.pooler_output)
 
 
-def load_clip(path) -> DualEncoder:
-    """A CLIP (transformers `CLIPModel` + `CLIPTokenizer`) from the local folder `path`; never downloads."""
-    from torchvision import transforms as T
-    from transformers import AutoTokenizer, CLIPModel
-
+def _require_clip_folder(path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json; expected a local CLIP folder saved by transformers "
                                 "(CLIPModel.save_pretrained + the tokenizer files); nothing is downloaded")
-    with quiet_hf_loading():
-        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return path
+
+
+def clip_settings(path) -> dict:
+    """What a local CLIP folder's config.json fixes: {"image_size", "projection_dim"} (read without loading
+    the weights, so a wrong setting can be named before any work starts)."""
+    import json
+
+    path = _require_clip_folder(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        return {"image_size": int(config.get("vision_config", {}).get("image_size", 224)),
+                "projection_dim": int(config.get("projection_dim", 512))}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / 'config.json'}: not a CLIP configuration ({e})") from None
+
+
+def _hf_dual_encoder(model, tokenizer) -> DualEncoder:
+    from torchvision import transforms as T
+
     size = model.config.vision_config.image_size
     transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
                            T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
@@ -396,6 +426,31 @@ def load_clip(path) -> DualEncoder:
                        HFTextTower(model.text_model, tokenizer, model.config.text_config.max_position_embeddings),
                        model.config.projection_dim, text_projection=model.text_projection,
                        logit_scale=model.logit_scale, image_transform=transform)
+
+
+def load_clip(path) -> DualEncoder:
+    """A CLIP (transformers `CLIPModel` + `CLIPTokenizer`) from the local folder `path`; never downloads."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    path = _require_clip_folder(path)
+    with quiet_hf_loading():
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return _hf_dual_encoder(model, tokenizer)
+
+
+def random_clip(path, seed: int = 0) -> DualEncoder:
+    """The architecture of the local CLIP at `path` (its config.json) with transformers' random
+    initialisation drawn from torch's generator seeded with `seed`, and its tokenizer: the "no multimodal
+    pretraining" arm on the paper preset. No weight is read from the folder."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    path = _require_clip_folder(path)
+    with quiet_hf_loading():
+        config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    torch.manual_seed(seed)  # (what is drawn after it, e.g. new layers on top, follows from the seed too)
+    return _hf_dual_encoder(CLIPModel(config), tokenizer)
 
 
 # ------------------------------------------------------------------------------------ composition models

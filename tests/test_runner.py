@@ -111,6 +111,8 @@ def test_a_successful_run_replaces_each_notebook_folder_and_clears_the_staging(t
     assert not stale.exists(), "a table the notebook no longer writes must not survive beside the new ones"
     assert pd.read_csv(out / "results" / "toy_notebook" / "numbers.csv")["reproduced"].tolist() == [0.5]
     assert not (out / runner.STAGING).exists()
+    meta = json.loads((out / "results" / "toy_notebook" / "toy_notebook.ipynb").read_text())["metadata"]["papermill"]
+    assert meta["output_path"] == str(out / "results" / "toy_notebook" / "toy_notebook.ipynb")  # where it is now
 
 
 def test_only_the_plain_default_run_targets_the_committed_results(toy_runner):

@@ -330,6 +330,21 @@ def prepare_staging(target: Path) -> Path:
     return staging
 
 
+def tidy_executed_notebook(path: Path, source: Path) -> None:
+    """Papermill records the input and output paths as absolute paths of this machine; an executed notebook
+    that is committed must not carry them: keep them relative to the repository (or absolute outside it)."""
+    import nbformat
+
+    if not path.is_file():
+        return
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill")
+    if not meta:
+        return
+    meta["input_path"], meta["output_path"] = display_path(source), display_path(path)
+    atomic.write_text(path, nbformat.writes(nb) + "\n")
+
+
 def publish(staging: Path, target: Path, names: list[str]) -> None:
     """Move each notebook's results/<nb> and figures/<nb> from `staging` into `target`, replacing the old
     folders (a rename each: the old folder is removed only after the new one is in place)."""
@@ -345,6 +360,7 @@ def publish(staging: Path, target: Path, names: list[str]) -> None:
                 dst.rename(old)
             src.rename(dst)
             shutil.rmtree(old, ignore_errors=True)
+        tidy_executed_notebook(target / "results" / name / f"{name}.ipynb", notebooks_dir() / f"{name}.ipynb")
 
 
 def main(argv=None) -> int:

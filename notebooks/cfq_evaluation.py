@@ -40,8 +40,8 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 35 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 8 minutes (464 s) the first time and 15.5 s again with the result cache
-#   warm, `results/run_times.json`): synthetic data at a size where the paper's effects show (a small dual encoder
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic data at a size where the paper's effects show (a small dual encoder
 #   at 64 px, frozen backbone).
 # - `paper` (meant for a GPU; its time is not measured here): the real Fashion IQ, iMaterialist and CFQ under
 #   `data_root`, a real CLIP (`model.clip_path`) and the paper's schedules.

@@ -41,8 +41,8 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 40 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 10 minutes (605 s) the first time and 16.5 s again with the result cache
-#   warm, `results/run_times.json`): synthetic faces at a size where the paper's effects show (40 px, 3 fine-tuning
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic faces at a size where the paper's effects show (40 px, 3 fine-tuning
 #   seeds).
 # - `paper` (meant for a GPU; its time is not measured here): the real identity, FairFace and FER2013 data under
 #   `data_root`, a wider trunk at 112 px and long schedules.

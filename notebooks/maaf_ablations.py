@@ -39,8 +39,8 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 30 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 8.5 minutes (515 s) the first time and 28 s again with the result cache
-#   warm, `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's
 #   effects show, with the deviations stated above.
 # - `paper` (meant for a GPU; its time is not measured here): the five real datasets under `data_root`, ResNet-50 at
 #   224 px fine-tuned, 50k-150k steps per dataset.

@@ -33,8 +33,8 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 45 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 9 minutes (540 s) the first time and 26 s again with the result cache
-#   warm, `results/run_times.json`): synthetic data at a size where the paper's effects show (ResNet-18 at 48 px,
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic data at a size where the paper's effects show (ResNet-18 at 48 px,
 #   150 steps per run).
 # - `paper` (meant for a GPU; its time is not measured here): the real DeepFashion and SOP under `data_root`,
 #   ResNet-50 at 224 px and the paper's schedule.

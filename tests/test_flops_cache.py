@@ -38,6 +38,56 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path):
     assert cache.get_or_compute("run", {"k": 1}, lambda: 42) == 42
 
 
+def test_altered_but_loadable_entry_is_recomputed_and_said(tmp_path, capsys):
+    """An entry changed after it was written (rows of a stored tensor reordered: it still loads) fails its
+    checksum: it is recomputed, with one printed line, and the recomputed value is stored afresh."""
+    cache = ResultCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"emb": torch.arange(12.0).view(4, 3)}
+
+    cache.get_or_compute("run", {"k": 1}, compute)
+    path = cache.path("run", {"k": 1})
+    torch.save({"emb": torch.arange(12.0).view(4, 3)[[1, 0, 2, 3]]}, path)  # loadable, altered
+    capsys.readouterr()
+    value = ResultCache(tmp_path).get_or_compute("run", {"k": 1}, compute)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(calls) == 2 and torch.equal(value["emb"], torch.arange(12.0).view(4, 3))
+    assert len(out) == 1 and "does not match its checksum" in out[0] and "recomputing" in out[0]
+    again = ResultCache(tmp_path)
+    assert torch.equal(again.get_or_compute("run", {"k": 1}, compute)["emb"], value["emb"])
+    assert len(calls) == 2 and again.hits == ["run"] and again.has("run", {"k": 1})
+
+
+def test_entry_without_checksum_is_recomputed(tmp_path, capsys):
+    """An entry whose sidecar lacks the checksum (an older version, or a crash between the two writes) is
+    not trusted."""
+    cache = ResultCache(tmp_path)
+    path = cache.path("run", {"k": 1})
+    path.parent.mkdir(parents=True)
+    torch.save(41, path)
+    assert not cache.has("run", {"k": 1})
+    assert cache.get_or_compute("run", {"k": 1}, lambda: 42) == 42
+    assert "has no checksum" in capsys.readouterr().out
+    assert cache.has("run", {"k": 1})
+
+
+def test_run_dir_is_per_entry_and_removed_once_stored(tmp_path):
+    cache = ResultCache(tmp_path / "results")
+    a, b = cache.run_dir("run", {"k": 1}), cache.run_dir("run", {"k": 2})
+    assert a != b and a == ResultCache(tmp_path / "results").run_dir("run", {"k": 1})
+
+    def compute():
+        a.mkdir(parents=True)
+        (a / "checkpoint.pt").write_bytes(b"x")
+        return 1
+
+    cache.get_or_compute("run", {"k": 1}, compute)
+    assert not a.exists()
+
+
 def _in_fresh_process(imports: str, expression: str) -> str:
     """Print `expression` (code_version and sys in scope) in a new Python process after `imports`."""
     import subprocess

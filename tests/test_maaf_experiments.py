@@ -155,3 +155,89 @@ def test_trained_backbone_on_augmented_pixels_runs(css):
     result = mx.run_experiment("pixels", cfg, spec, [train], {"test": test}, vocab, "fixture", keep_model=True)
     assert len(result.log) == 3 and set(result.recall["test"]) == {"R@1", "R@5", "R@10", "R@50"}
     assert not torch.equal(result.state["trunk.layer4.0.conv1.weight"], before)  # the backbone trained
+
+
+def test_backbone_pretraining_resumes_exactly(tmp_path, monkeypatch):
+    """Backbone pretraining killed after its checkpoint at step 4 and resumed ends with the weights and
+    running accuracies of a run that went straight through; another pretraining refuses the checkpoint."""
+    from visualsearch.train import CheckpointMismatch
+
+    torch.set_num_threads(1)
+    args = dict(arch="resnet18", image_size=32, steps=7, n_photos=16, batch_size=4, identity="x")
+    straight = mx.pretrain_trunk(**args)
+    real_step, calls = torch.optim.SGD.step, {"n": 0}
+
+    def dying(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in step 6, after its forward pass moved the BatchNorm statistics, before its update
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        mx.pretrain_trunk(**args, run_dir=tmp_path, checkpoint_every=4)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5  # completed steps kept
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    with pytest.raises(CheckpointMismatch):
+        mx.pretrain_trunk(**{**args, "lr": 0.1}, run_dir=tmp_path, checkpoint_every=4)
+    resumed = mx.pretrain_trunk(**args, run_dir=tmp_path, checkpoint_every=4)
+    assert resumed.pop("__accuracy__") == straight.pop("__accuracy__")
+    for k, v in straight.items():
+        assert torch.equal(v, resumed[k]), k
+
+
+def test_run_resumes_from_its_cache_run_dir_exactly(css, tmp_path, monkeypatch):
+    """A run killed mid-training resumes from the checkpoint in its cache entry's run folder and ends with
+    the result of an uninterrupted run; the folder is removed once the entry is stored."""
+    train, test, vocab = css
+    torch.set_num_threads(1)
+    spec = mx.TrainSpec(steps=8, batch_size=6, lr=0.05)
+    cfg = dataclasses.replace(TINY, backbone_frozen=False)
+    args = ("TIRG", dataclasses.replace(cfg, fusion="tirg"), spec, [train], {"test": test}, vocab, "css-fixture")
+    straight = mx.run_experiment(*args, ResultCache(tmp_path / "a"), keep_model=True)
+    torch.set_num_threads(1)  # a process's first retrieval may have reset it
+    cache = ResultCache(tmp_path / "b")
+    real, calls = mx.make_step_fn, {"n": 0}
+
+    def make_dying(loss="softmax"):
+        step = real(loss)
+
+        def dying(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise KeyboardInterrupt
+            return step(model, batch)
+        return dying
+
+    monkeypatch.setattr(mx, "make_step_fn", make_dying)
+    with pytest.raises(KeyboardInterrupt):
+        mx.run_experiment(*args, cache, keep_model=True, checkpoint_every=3)
+    key = mx.run_key(args[1], spec, "css-fixture", vocab, {"test": test}, (1, 5, 10, 50), True, 0, None)
+    run_dir = cache.run_dir(mx.cache_name("TIRG"), key)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6
+    monkeypatch.setattr(mx, "make_step_fn", real)
+    torch.set_num_threads(1)
+    resumed = mx.run_experiment(*args, cache, keep_model=True, checkpoint_every=3)
+    assert resumed.recall == straight.recall and list(resumed.log["step"]) == list(range(1, 9))
+    for k, v in straight.state.items():
+        assert torch.equal(v, resumed.state[k]), k
+    assert not run_dir.exists() and cache.has(mx.cache_name("TIRG"), key)
+
+
+def test_backbone_weights_file_is_found_under_the_data_root(tmp_path):
+    """The paper preset names its ImageNet state dict relative to data_root (as the triplet notebook does);
+    a missing file is a clear error naming where it was looked for; "none" is a random init."""
+    from visualsearch.config import load_params
+
+    def params(weights):
+        return load_params("maaf_ablations", "paper", {"backbone_weights": weights}, data_root=tmp_path)
+
+    with pytest.raises(FileNotFoundError, match=f"no such file {tmp_path}/resnet50-imagenet.pth"):
+        mx.backbone_weights_file(load_params("maaf_ablations", "paper", data_root=tmp_path), ResultCache(tmp_path))
+    torch.save({}, tmp_path / "w.pth")
+    assert mx.backbone_weights_file(params("w.pth"), ResultCache(tmp_path)) == str(tmp_path / "w.pth")
+    assert mx.backbone_weights_file(params(str(tmp_path / "w.pth")), ResultCache(tmp_path)) == str(tmp_path / "w.pth")
+    assert mx.backbone_weights_file(params("none"), ResultCache(tmp_path)) is None
+    a, b = mx.weights_key(tmp_path / "w.pth"), mx.weights_key(None)
+    torch.save({"x": torch.ones(1)}, tmp_path / "w.pth")
+    assert b == {} and a != mx.weights_key(tmp_path / "w.pth")  # a key names the weights, not only the file

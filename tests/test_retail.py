@@ -50,6 +50,56 @@ def test_sop_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
     assert skips.reasons == {"missing image": 1, "corrupt image": 1} and b.skips is skips
 
 
+def truncate_jpeg(path):
+    """Rewrite `path` as a half-written JPEG: its header parses (Image.verify() passes) but decoding fails."""
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with Image.open(path) as im:
+        im.verify()  # what the old check did: it passes
+
+
+def test_truncated_jpeg_is_skipped_when_read_never_raises_later(tmp_path):
+    """A half-written JPEG is found by decoding when the benchmark is read, in streaming and in-memory mode
+    alike: counted as corrupt, dropped from the split; nothing left in the split fails to load afterwards."""
+    from visualsearch.data.images import check_images, load_image
+
+    _sop(tmp_path)
+    bad = tmp_path / "chair_final/444_0.JPG"
+    truncate_jpeg(bad)
+    skips = SkipLog()
+    assert check_images([bad, tmp_path / "chair_final/222_0.JPG"], skips) == [False, True]
+    assert skips.reasons == {"corrupt image": 1}
+    skips = SkipLog()
+    b = read_sop(tmp_path, skips)
+    assert len(b.query) == 2 and bad not in b.query.paths and skips.reasons == {"corrupt image": 1}
+    for p in b.query.paths + b.train.paths:  # streaming: every kept image decodes without a SkipLog
+        load_image(p)
+    images, kept = load_split_images(b.query, 16, use_boxes=False, skips=skips)  # in memory: same set
+    assert len(kept) == len(b.query) and skips.count == 1
+    with pytest.raises(OSError, match="444_0.JPG: image cannot be decoded"):
+        load_image(bad)
+
+
+def test_check_images_in_threads_keeps_order(tmp_path):
+    from visualsearch.data.images import check_images
+
+    paths = []
+    for i in range(100):
+        p = tmp_path / f"{i}.png"
+        if i % 7 == 0:
+            p.write_bytes(b"no image")
+        elif i % 11 != 0:
+            _img(p)
+        paths.append(p)
+    skips = SkipLog()
+    ok = check_images(paths, skips, threads=4)
+    assert ok == [i % 7 != 0 and i % 11 != 0 for i in range(100)]
+    assert skips.reasons == {"corrupt image": 15, "missing image": 8}
+    assert skips.examples["corrupt image"][:2] == [str(paths[0]), str(paths[7])]
+
+
 def test_sop_errors_name_file_line_and_field(tmp_path):
     _sop(tmp_path, extra_test="4 x 1 chair_final/444_1.JPG\n")
     with pytest.raises(DataFormatError, match=r"Ebay_test.txt, line 5, field 'class_id'.*integer"):

@@ -60,6 +60,23 @@ def test_fiq_missing_image_is_skipped_with_its_queries(tmp_path):
     assert skips.reasons["missing image"] == 1 and skips.reasons["query with a missing image"] == 2
 
 
+def test_fiq_truncated_jpeg_is_skipped_with_its_queries(tmp_path):
+    """A half-written JPEG (its header parses, Image.verify() passes) fails when the split is read: the
+    image is decoded there, not later in the middle of a run."""
+    write_fiq(tmp_path)
+    (tmp_path / "images" / "D2.png").unlink()
+    jpg = tmp_path / "images" / "D2.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(jpg, format="JPEG")
+    jpg.write_bytes(jpg.read_bytes()[:jpg.stat().st_size // 2])
+    with Image.open(jpg) as im:
+        im.verify()
+    skips = SkipLog()
+    dress = read_fashion_iq(tmp_path, "val", skips=skips)["dress"]
+    assert dress.labels == ["D1", "D3"] and dress.queries == []
+    assert skips.reasons["corrupt image"] == 1 and skips.reasons["query with a missing image"] == 2
+
+
 def test_fiq_errors_name_file_and_field(tmp_path):
     write_fiq(tmp_path)
     (tmp_path / "captions" / "cap.shirt.val.json").write_text('[{"candidate": "S1", "captions": ["x"]}]')

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visualsearch.train import CheckpointMismatch, lr_at, train
+from visualsearch.train import CheckpointMismatch, TrainConfig, identity_of, lr_at, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_toy import batch_fn, cfg, step_fn, toy_model  # noqa: E402
@@ -35,6 +35,27 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     assert list(resumed.log["step"]) == list(range(1, 21))
 
 
+def test_interrupted_after_the_forward_pass_resumes_exactly(tmp_path):
+    """Interrupted inside a step after its forward pass moved the BatchNorm running statistics: the saved
+    checkpoint holds the buffers of the last completed step, so the resumed run equals the straight one."""
+    straight = train(toy_model(), step_fn, batch_fn, cfg()).model.state_dict()
+    calls = {"n": 0}
+
+    def dying_after_forward(model, batch):
+        out = step_fn(model, batch)
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise KeyboardInterrupt
+        return out
+
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_model(), dying_after_forward, batch_fn, cfg(), run_dir=tmp_path)
+    resumed = train(toy_model(), step_fn, batch_fn, cfg(), run_dir=tmp_path)
+    assert resumed.resumed_from == 13
+    for k, v in straight.items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
 def test_loss_decreases_and_log_is_written(tmp_path):
     res = train(toy_model(), step_fn, batch_fn, cfg(steps=60), run_dir=tmp_path)
     assert res.log["loss"].iloc[-10:].mean() < 0.5 * res.log["loss"].iloc[:10].mean()
@@ -46,6 +67,45 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     train(toy_model(), step_fn, batch_fn, cfg(steps=10), run_dir=tmp_path)
     with pytest.raises(CheckpointMismatch, match="another training configuration"):
         train(toy_model(), step_fn, batch_fn, cfg(steps=10, lr=0.1), run_dir=tmp_path)
+
+
+def test_checkpoint_of_another_model_loss_or_data_is_refused(tmp_path):
+    """The fingerprint covers what is trained (TrainConfig.identity: model, loss, data), not only the
+    optimisation settings: a run with another loss in the same folder does not resume the first one."""
+    a = cfg(steps=10, identity=identity_of({"loss": "batch_hard"}, "data-1"))
+    train(toy_model(), step_fn, batch_fn, a, run_dir=tmp_path)
+    for other in (identity_of({"loss": "random"}, "data-1"), identity_of({"loss": "batch_hard"}, "data-2")):
+        with pytest.raises(CheckpointMismatch, match="another training configuration"):
+            train(toy_model(), step_fn, batch_fn, cfg(steps=10, identity=other), run_dir=tmp_path)
+    assert train(toy_model(), step_fn, batch_fn, a, run_dir=tmp_path).resumed_from == 10
+
+
+def test_resume_restores_the_cpu_thread_count_of_the_checkpoint(tmp_path):
+    """CPU float results depend on torch's intra-op thread count; a run resumes with the count it saved with."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            train(toy_model(), lambda m, b: (_ for _ in ()).throw(KeyboardInterrupt), batch_fn, cfg(), run_dir=tmp_path)
+        torch.set_num_threads(2)
+        train(toy_model(), step_fn, batch_fn, cfg(), run_dir=tmp_path)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_fingerprint_without_identity_is_unchanged():
+    """Checkpoints written before `identity` existed keep resuming (an empty identity is left out)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    c = TrainConfig(steps=5, lr=0.1)
+    d = dataclasses.asdict(c)
+    for k in ("checkpoint_every", "log_every", "progress", "desc", "device", "identity"):
+        d.pop(k)
+    assert c.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert TrainConfig(steps=5, lr=0.1, identity="x").fingerprint() != c.fingerprint()
 
 
 def test_step_schedule_and_param_group_scales():

@@ -193,3 +193,48 @@ def test_bootstrap_difference_separates_noise_from_a_win():
     w1 = ts.bootstrap_difference(d1, torch.zeros(1200), clusters)
     w2 = ts.bootstrap_difference(d2, torch.zeros(1200), clusters)
     assert w1[0] == w2[0] and (w1[2] - w1[1]) > 1.5 * (w2[2] - w2[1])
+
+
+def test_cache_keys_separate_loading_modes_kept_images_and_device(world, tmp_path):
+    """An in-memory and a streaming run on the same folder keep the same images (a corrupt one is skipped
+    by both, when the lists are read) and never share a cached entry; a run on other kept images or another
+    device neither."""
+    import shutil
+
+    from visualsearch.cache import ResultCache
+    from visualsearch.config import load_params
+
+    own = tmp_path / "world"
+    shutil.copytree(world, own)
+    (tmp_path / "In-shop").symlink_to(own, target_is_directory=True)
+    (tmp_path / "Stanford_Online_Products").symlink_to(own, target_is_directory=True)
+    bad = sorted((own / "img").rglob("*.jpg"))[5]
+    bad.write_bytes(bad.read_bytes()[:bad.stat().st_size // 2])  # half-written: its header still parses
+
+    def params(**data):
+        return load_params("triplet_product_search", "smoke", {"model": {"weights": "none"}, "data": data},
+                           data_root=tmp_path)
+
+    mem, disk = params(in_memory=True), params(in_memory=False)
+    d_mem, d_disk = ts.load_data(mem), ts.load_data(disk)
+    assert d_mem.skips.reasons == d_disk.skips.reasons and sum(d_mem.skips.reasons.values()) >= 1
+    assert set(d_mem.skips.reasons) == {"corrupt image"}
+    for name in ("inshop_train", "inshop_query", "inshop_gallery", "sop_train", "sop_test"):
+        a, b = getattr(d_mem, name), getattr(d_disk, name)
+        assert a.paths == b.paths and torch.equal(a.labels, b.labels) and bad not in a.paths
+    assert torch.equal(d_mem.sop_test.get([0, 1]), d_disk.sop_test.get([0, 1]))
+    assert d_mem.fingerprint == d_disk.fingerprint
+    cache = ResultCache(tmp_path / "cache")
+    start = ts.trunk_weights(mem, d_mem, cache)
+    a = ts.off_the_shelf(mem, d_mem, start, "sop", cache)
+    b = ts.off_the_shelf(disk, d_disk, start, "sop", cache)
+    assert cache.misses == ["triplet_off_the_shelf"] * 2 and torch.equal(a["query"], b["query"])
+    ts.off_the_shelf(disk, d_disk, start, "sop", cache)
+    assert cache.hits == ["triplet_off_the_shelf"]
+    assert ts.data_key(mem, d_mem) != ts.data_key(disk, d_disk)
+    on_gpu = load_params("triplet_product_search", "smoke", data_root=tmp_path, device="cuda")
+    assert ts.data_key(on_gpu, d_mem)["device"] == "cuda" != ts.data_key(mem, d_mem)["device"]
+    paths, root = d_mem.sop_test.paths, tmp_path / "Stanford_Online_Products"
+    assert ts.kept_images_digest({"sop_test": (paths, root)}) != ts.kept_images_digest({"sop_test": (paths[1:], root)})
+    assert ts.kept_images_digest({"sop_test": (paths, root)}) == ts.kept_images_digest(
+        {"sop_test": ([tmp_path / "elsewhere" / p.relative_to(root) for p in paths], tmp_path / "elsewhere")})

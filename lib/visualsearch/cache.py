@@ -4,13 +4,25 @@ Why: re-running a notebook to restyle a figure must not retrain for ten minutes.
 (name, the caller's key dict: model/training config, data fingerprint, seed) plus the library's code
 version, a hash of the library modules loaded by the run, so that a change to a loss or a model
 invalidates what it produced while a change to a notebook's markdown does not.
+
+Integrity: every entry is stored with the SHA-256 of its bytes in its `.json` sidecar, and the checksum is
+verified before the entry is used. An entry that was altered after it was written (even one that still loads,
+e.g. the rows of a stored tensor reordered), cut short, or written without a checksum is recomputed, and one
+printed line says so. What a key must hold is the caller's part: everything that changes the value (model and
+training configuration, every data-loading option, the identity of the inputs actually kept after skipped
+files, seed, device); the code version is added here.
+
+`run_dir(name, key)` is the checkpoint folder of the training behind an entry: a training killed mid-way
+resumes from it (train.train), and it is removed once the entry is stored.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
+import shutil
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -125,18 +137,60 @@ class ResultCache:
         (train.train also checks its own configuration's fingerprint against the checkpoint)."""
         return self.root.parent / "runs" / name / self._digest(name, key)
 
+    def _verified(self, path: Path) -> tuple[Any, str | None]:
+        """(value, None) when the entry at `path` matches the checksum in its sidecar and loads, else
+        (None, why not)."""
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        expected = meta.get("sha256") if isinstance(meta, dict) else None
+        if not expected:
+            return None, "has no checksum (its sidecar is missing or was written by an older version)"
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None, "does not match its checksum (altered or cut short since it was written)"
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), None
+        except Exception as e:  # noqa: BLE001  (an unreadable entry is recomputed, never trusted)
+            return None, f"cannot be loaded ({e.__class__.__name__})"
+
+    def has(self, name: str, key: dict) -> bool:
+        """Whether a stored entry for (name, key) exists and matches its checksum (no loading)."""
+        path = self.path(name, key)
+        if os.environ.get("VISUALSEARCH_NO_CACHE") or not path.is_file():
+            return False
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            return hashlib.sha256(path.read_bytes()).hexdigest() == meta.get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def get_or_compute(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         path = self.path(name, key)
+        run_dir = self.run_dir(name, key)
         if path.is_file() and not os.environ.get("VISUALSEARCH_NO_CACHE"):
-            try:
-                value = torch.load(path, map_location="cpu", weights_only=False)
+            value, problem = self._verified(path)
+            if problem is None:
                 self.hits.append(name)
                 return value
-            except Exception:  # an unreadable entry is recomputed, never trusted
-                path.unlink(missing_ok=True)
+            print(f"result cache: the stored {name} entry {path.parent.name}/{path.name} {problem}; recomputing it",
+                  flush=True)
+            path.unlink(missing_ok=True)
         value = compute()
-        atomic.torch_save(value, path)
-        path.with_suffix(".json").write_text(json.dumps({"name": name, "key": key, "code": code_version()},
-                                                        indent=1, sort_keys=True, default=str))
+        self.store(name, key, value)
+        shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoints are no longer needed: the entry holds the result
         self.misses.append(name)
         return value
+
+    def store(self, name: str, key: dict, value: Any) -> Path:
+        """Write `value` as the entry of (name, key) with its checksum (both files atomically)."""
+        path = self.path(name, key)
+        buf = io.BytesIO()
+        torch.save(value, buf)
+        data = buf.getvalue()
+        meta = {"name": name, "key": key, "code": code_version(), "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data)}
+        atomic.atomic_write(path, lambda f: f.write(data))
+        atomic.write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True, default=str))
+        return path

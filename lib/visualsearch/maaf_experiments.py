@@ -23,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import multiprocessing as mp
+import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ from .models.maaf import MAAFConfig, ResNetTrunk, build_model
 from .models.text import Vocabulary
 from .progress import bar, note, stage
 from .seeding import step_seed
-from .train import TrainConfig, train
+from .train import CheckpointMismatch, TrainConfig, identity_of, train
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -310,28 +312,34 @@ def vocab_digest(vocab: Vocabulary) -> str:
 def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: list[SplitInputs],
                    eval_groups: dict, vocab: Vocabulary, data_key: str, cache=None, keep_model: bool = False,
                    device: str = "cpu", progress: bool = False, ks=(1, 5, 10, 50), eval_every: int = 0,
-                   curve_group: str | None = None) -> RunResult:
+                   curve_group: str | None = None, checkpoint_every: int = 0) -> RunResult:
     """Train `cfg` with `spec` on `train_groups`, evaluate on `eval_groups` ({name: SplitInputs}); cached
-    under (name, cfg, spec, data_key, vocabulary) when `cache` (a ResultCache) is given.
+    under (name, cfg, spec, data_key, vocabulary, device) when `cache` (a ResultCache) is given.
 
     `eval_every` > 0 with `curve_group` records Recall@K on that evaluation split during training (the
-    training curves)."""
+    training curves). With a cache, the training checkpoints into `cache.run_dir(...)` of its entry every
+    `checkpoint_every` steps (0: at its end) and a killed run resumes from there."""
     maps_key = backbone_key(cfg, spec.seed) if cfg.backbone_frozen else None
     if maps_key is not None and not all(maps_key in g.maps for g in [*train_groups, *eval_groups.values()]):
         maps_key = None  # no precomputed maps: the frozen backbone runs on pixels
+
+    key = run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group, device)
+    run_dir = cache.run_dir(cache_name(name), key) if cache is not None else None
 
     def compute() -> RunResult:
         cpu0 = time.process_time()
         model = build_seeded(cfg, vocab, spec.seed)
         tc = TrainConfig(steps=spec.steps, lr=spec.lr, optimizer="sgd", momentum=0.9, nesterov=False,
                          weight_decay=spec.weight_decay, lr_milestones=spec.lr_milestones, lr_gamma=0.1,
-                         seed=spec.seed, progress=progress, device=device, log_every=max(1, spec.steps // 20))
+                         seed=spec.seed, progress=progress, device=device, log_every=max(1, spec.steps // 20),
+                         checkpoint_every=checkpoint_every, identity=identity_of(cache_name(name), key),
+                         desc=f"training {name}")
         eval_fn = None
         if eval_every and curve_group:
             def eval_fn(m, step):
                 return evaluate(m, eval_groups[curve_group], ks, device=device, maps_key=maps_key).recall
         batch_fn = make_batch_fn(train_groups, spec.batch_size, spec.seed, spec.augment, maps_key)
-        result = train(model, make_step_fn(spec.loss), batch_fn, tc,
+        result = train(model, make_step_fn(spec.loss), batch_fn, tc, run_dir=run_dir,
                        param_groups=model.param_groups(spec.image_lr_scale), eval_fn=eval_fn, eval_every=eval_every)
         model = result.model
         recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).recall for k, g in eval_groups.items()}
@@ -340,14 +348,34 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
 
     if cache is None:
         return compute()
-    key = run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group)
     return cache.get_or_compute(cache_name(name), key, compute)
 
 
-def run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group) -> dict:
-    """What a run's cached result is stored under (with its name and the library's code version)."""
+def run_key(cfg, spec, data_key, vocab, eval_groups, ks, keep_model, eval_every, curve_group, device="cpu") -> dict:
+    """What a run's cached result is stored under (with its name and the library's code version): the model
+    and training configuration (the image size and backbone weights are fields of cfg), the data fingerprint
+    (folder and the images kept after skips), the vocabulary, the protocol and the device."""
     return {"cfg": asdict(cfg), "spec": asdict(spec), "data": data_key, "vocab": vocab_digest(vocab),
-            "eval": sorted(eval_groups), "ks": list(ks), "keep": keep_model, "curve": [eval_every, curve_group]}
+            "eval": sorted(eval_groups), "ks": list(ks), "keep": keep_model, "curve": [eval_every, curve_group],
+            "device": str(device), **weights_key(cfg.backbone_weights)}
+
+
+def weights_key(path) -> dict:
+    """The backbone weights file's content hash ({} for a random init): a key names the weights, not only
+    their file name."""
+    if not path:
+        return {}
+    st = Path(path).stat()
+    return {"weights_sha256": _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)}
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def with_changes(cfg: MAAFConfig, **changes) -> MAAFConfig:
@@ -380,11 +408,18 @@ def attribute_photos(n: int, image_size: int, seed: int):
 
 def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 300, n_photos: int = 4000,
                    batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
-                   progress: bool = False) -> dict:
+                   progress: bool = False, run_dir=None, checkpoint_every: int = 0, identity: str = "") -> dict:
     """Train a ResNet to classify product attributes from photos and return its torchvision-style state
     dict (what `MAAFConfig.backbone_weights` loads): the embedded default's stand-in for ImageNet weights,
     so that, as in the paper, the backbone arrives with useful features. Returns also the final training
-    accuracies under the key "__accuracy__" (popped before loading)."""
+    accuracies under the key "__accuracy__" (popped before loading).
+
+    Its own loop (a one-cycle schedule, which train.train does not have), resumable the same way: with
+    `run_dir`, the trunk, heads, optimizer, schedule and running accuracies are saved every
+    `checkpoint_every` steps (0: only when the loop stops on an error) and a run finding a checkpoint of the
+    same training there (`identity` and every argument) resumes from it with the same result; each step's
+    batch and augmentation are drawn from a generator seeded by the step, nothing else is random."""
+    fingerprint = identity_of(identity, arch, image_size, steps, n_photos, batch_size, lr, seed)
     torch.manual_seed(seed)
     with stage(f"drawing {n_photos} product photos for backbone pretraining", disable=not progress):
         pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
@@ -394,22 +429,50 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     acc = {}
-    for step in bar(range(steps), desc="pretraining the backbone on product attributes", unit="step",
-                    disable=not progress):
-        gen = torch.Generator().manual_seed(step_seed(seed, step))
-        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
-        x = augment(pixels[idx], gen).to(device)
-        feats = trunk(x)["4"].mean((2, 3))
-        loss = 0.0
-        for h, head in heads.items():
-            logits = head(feats)
-            y = targets[h][idx].to(device)
-            loss = loss + F.cross_entropy(logits, y)
-            acc[h] = 0.9 * acc.get(h, 0.0) + 0.1 * float((logits.argmax(1) == y).float().mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir else None
+    start = 0
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("config") != fingerprint:
+            raise CheckpointMismatch(f"{ckpt_path} was written by another backbone pretraining (fingerprint "
+                                     f"{ckpt.get('config')}, this run {fingerprint}); use another run_dir or delete it")
+        trunk.load_state_dict(ckpt["trunk"])
+        heads.load_state_dict(ckpt["heads"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["schedule"])
+        start, acc = ckpt["step"], ckpt["accuracy"]
+        if torch.device(device).type == "cpu" and ckpt.get("threads"):
+            torch.set_num_threads(ckpt["threads"])  # CPU results depend on it (see train.train)
+        note(f"backbone pretraining: resumed from the checkpoint at step {start} of {steps} ({ckpt_path})",
+             disable=not progress)
+
+    def save(done: int) -> None:
+        if ckpt_path is not None:
+            atomic.torch_save({"trunk": trunk.state_dict(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
+                               "schedule": sched.state_dict(), "step": done, "accuracy": dict(acc),
+                               "config": fingerprint, "threads": torch.get_num_threads()}, ckpt_path)
+
+    # as in train.train: a step that fails half-way has moved the BatchNorm statistics in its forward pass;
+    # they are put back before the completed steps are saved
+    buffers = [b for b in trunk.buffers()] if ckpt_path is not None else []
+    snapshot = [torch.empty_like(b) for b in buffers]
+    done, in_step = start, False
+    try:
+        for step in bar(range(start, steps), total=steps, initial=start,
+                        desc="pretraining the backbone on product attributes", unit="step", disable=not progress):
+            if buffers:
+                torch._foreach_copy_(snapshot, buffers)
+            in_step = True
+            acc = _pretrain_step(step, seed, pixels, targets, trunk, heads, opt, sched, dict(acc), batch_size, device)
+            done, in_step = step + 1, False
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                save(done)
+    except BaseException:
+        if in_step and buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, snapshot)
+        save(done)  # every completed step is kept; the failing one is not
+        raise
     state = {k: v.cpu() for k, v in trunk.state_dict().items()}
     names = {"stem.0": "conv1", "stem.1": "bn1", "stem.4": "layer1"}
     out = {}
@@ -420,6 +483,26 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
         out[k] = v
     out["__accuracy__"] = acc
     return out
+
+
+def _pretrain_step(step, seed, pixels, targets, trunk, heads, opt, sched, acc, batch_size, device) -> dict:
+    """One step of backbone pretraining (a batch drawn and augmented by a generator seeded by the step);
+    returns `acc`, the running accuracies, updated."""
+    gen = torch.Generator().manual_seed(step_seed(seed, step))
+    idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+    x = augment(pixels[idx], gen).to(device)
+    feats = trunk(x)["4"].mean((2, 3))
+    loss = 0.0
+    for h, head in heads.items():
+        logits = head(feats)
+        y = targets[h][idx].to(device)
+        loss = loss + F.cross_entropy(logits, y)
+        acc[h] = 0.9 * acc.get(h, 0.0) + 0.1 * float((logits.argmax(1) == y).float().mean())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return acc
 
 
 # ------------------------------------------------------------------------------------- datasets to runs
@@ -491,7 +574,19 @@ def prepare_dataset(name: str, image_size: int, data_root=None, worlds: dict | N
         name, description,
         [SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for s in train],
         {k: SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for k, s in evals.items()},
-        Vocabulary.build(texts), fingerprint_dir(root), skips)
+        Vocabulary.build(texts), f"{fingerprint_dir(root)}-{kept_digest(root, train, evals)}", skips)
+
+
+def kept_digest(root, train: list, evals: dict) -> str:
+    """Hash of the images and queries each split kept after skipped files (paths relative to the dataset
+    root): part of the data fingerprint, so that a result computed from one set of images is never reused
+    for another."""
+    h = hashlib.sha256()
+    for name, split in [*((f"train{i}", s) for i, s in enumerate(train)), *sorted(evals.items())]:
+        h.update(f"{name}:{len(split.images)}:{len(split.queries)}\n".encode())
+        for path in split.images:
+            h.update(os.path.relpath(path, root).encode() + b"\n")
+    return h.hexdigest()[:8]
 
 
 def _prepare_one(args) -> PreparedDataset:
@@ -524,6 +619,7 @@ class Run:
     keep_model: bool = False   # keep the weights (attention maps, retrieval examples)
     eval_every: int = 0        # record a validation curve every N steps
     curve_group: str | None = None
+    checkpoint_every: int = 0  # resumable checkpoint every N steps (0: at the end); not part of the result
 
 
 _POOL_DATA: dict = {}
@@ -544,17 +640,21 @@ def _maps_one(job) -> list:
     return [FrozenMaps.compute(trunk, g.table, stages, device=device) for g in [*d.train, *d.eval.values()]]
 
 
-def _run_one(run: Run, ks, device, cache_root) -> RunResult:
+def _run_one(run: Run, ks, device, cache_root, progress: bool = False) -> RunResult:
     d = _POOL_DATA[run.dataset]
     torch.set_num_threads(_POOL_DATA["__threads__"])
     return run_experiment(run.name, run.cfg, run.spec, d.train, d.eval, d.vocab, d.fingerprint,
-                          ResultCache(cache_root), run.keep_model, device, False, ks, run.eval_every, run.curve_group)
+                          ResultCache(cache_root), run.keep_model, device, progress, ks, run.eval_every, run.curve_group,
+                          run.checkpoint_every)
 
 
-def run_key_path(cache, run: Run, data: PreparedDataset, ks) -> Path:
-    key = run_key(run.cfg, run.spec, data.fingerprint, data.vocab, data.eval, ks, run.keep_model, run.eval_every,
-                  run.curve_group)
-    return cache.path(cache_name(run.name), key)
+def run_key_of(run: Run, data: PreparedDataset, ks, device: str = "cpu") -> dict:
+    return run_key(run.cfg, run.spec, data.fingerprint, data.vocab, data.eval, ks, run.keep_model, run.eval_every,
+                   run.curve_group, device)
+
+
+def run_key_path(cache, run: Run, data: PreparedDataset, ks, device: str = "cpu") -> Path:
+    return cache.path(cache_name(run.name), run_key_of(run, data, ks, device))
 
 
 def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: int = 1, threads: int = 1,
@@ -562,7 +662,7 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
     """Results of every run ({(dataset, name): RunResult}), from the cache where present; the others are
     trained, `workers` at a time in separate processes (each with `threads` torch threads). Frozen-backbone
     maps are computed once, only for datasets that have something left to train."""
-    todo = [r for r in runs if not run_key_path(cache, r, datasets[r.dataset], ks).is_file()]
+    todo = [r for r in runs if not cache.has(cache_name(r.name), run_key_of(r, datasets[r.dataset], ks, device))]
     needed: dict = {}  # (dataset, backbone key) -> (a run using it, stages it needs)
     for r in todo:
         if r.cfg.backbone_frozen:
@@ -596,14 +696,14 @@ def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: 
                 finished(futures[fut], fut.result())
     else:
         for r in bar(todo, desc="training runs", unit="run", disable=not progress or not todo):
-            finished(r, _run_one(r, ks, device, cache.root))
+            finished(r, _run_one(r, ks, device, cache.root, progress))
     cache.misses += [cache_name(r.name) for r in todo]
     results = {}
     for r in runs:  # in plan order; the ones not trained now come from the cache
         d = datasets[r.dataset]
         results[(r.dataset, r.name)] = trained.get((r.dataset, r.name)) or run_experiment(
             r.name, r.cfg, r.spec, d.train, d.eval, d.vocab, d.fingerprint, cache, r.keep_model, device, False, ks,
-            r.eval_every, r.curve_group)
+            r.eval_every, r.curve_group, r.checkpoint_every)
     return results
 
 
@@ -618,17 +718,22 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
     if p.backbone_weights == "none":
         return None
     if p.backbone_weights != "synthetic":
-        if not Path(p.backbone_weights).is_file():
-            raise FileNotFoundError(f"backbone_weights {p.backbone_weights!r}: no such file (give a local "
-                                    "torchvision state dict, 'synthetic' or 'none'; nothing is downloaded)")
-        return str(p.backbone_weights)
+        path = Path(p.backbone_weights)
+        if not path.is_absolute() and p.data_root:
+            path = Path(p.data_root) / path  # relative to the data root, as every other input of a real run
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone_weights {p.backbone_weights!r}: no such file {path} (give a local "
+                                    "torchvision state dict, relative to data_root or absolute, 'synthetic' or "
+                                    "'none'; nothing is downloaded)")
+        return str(path)
     pre = dict(p.pretrain)
-    key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre}
+    key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre, "device": str(p.device)}
     # `threads` torch threads, as every process here: more threads than free cores (another notebook running)
     # slows OpenMP down several times over, so this step does not try to take both cores.
     state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
         p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
-        progress))
+        progress, run_dir=cache.run_dir("maaf-backbone-pretraining", key), checkpoint_every=p.checkpoint_every,
+        identity=identity_of("maaf-backbone-pretraining", key)))
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
     if not path.is_file():
         atomic.torch_save({k: v for k, v in state.items() if k != "__accuracy__"}, path)
@@ -685,4 +790,6 @@ def plan_runs(p, weights: str | None) -> list[Run]:
                                  f"expected MAAFConfig fields or 'loss'")
             runs.append(Run(f"ablation: {row['name']}", "fashioniq", dataclasses.replace(cfg, **change),
                             train_spec(p, "fashioniq", **spec_changes)))
+    for r in runs:
+        r.checkpoint_every = p.checkpoint_every
     return runs

@@ -50,13 +50,25 @@ class TrainConfig:
     desc: str = "training"             # the bar's label, naming the run (its last line stays in the output)
     device: str = "cpu"                # "cpu", "cuda" or "cuda:N"
     grad_clip: float = 0.0             # clip the global gradient norm to this value (0: no clipping)
+    identity: str = ""                 # what is trained, filled by the caller: a hash of the model configuration,
+                                       # the loss and the data fingerprint (see `identity_of`); part of the fingerprint
 
     def fingerprint(self) -> str:
-        """Hash of the fields that change the result (not progress/logging/checkpoint cadence)."""
+        """Hash of the fields that change the result (not progress/logging/checkpoint cadence): the
+        optimisation settings and `identity` (model, loss, data), so that a checkpoint is resumed only by the
+        training that wrote it. An empty identity leaves the hash as it was before the field existed."""
         d = asdict(self)
         for k in ("checkpoint_every", "log_every", "progress", "desc", "device"):
             d.pop(k)
+        if not d["identity"]:
+            d.pop("identity")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity_of(*parts) -> str:
+    """A TrainConfig.identity from JSON-able descriptions of the model, the loss and the data (e.g. the result
+    cache key of the training): equal parts, equal identity."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -156,17 +168,32 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, rows = ckpt["step"], ckpt["log"]
+        if device.type == "cpu" and ckpt.get("threads"):
+            # CPU float results depend on the intra-op thread count, which can change during a run (numba
+            # starting its OpenMP pool at a process's first retrieval resets it): resume with the count the
+            # run had when it saved, so that the resumed run computes exactly what the uninterrupted one did
+            torch.set_num_threads(ckpt["threads"])
+        if rank == 0:
+            progress.note(f"{cfg.desc}: resumed from the checkpoint at step {start} of {cfg.steps} ({ckpt_path})",
+                          disable=not cfg.progress)
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def save(step: int) -> None:
         if ckpt_path is None or rank != 0:
             return
         atomic.torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                           "log": rows, "config": cfg.fingerprint()}, ckpt_path)
+                           "log": rows, "config": cfg.fingerprint(), "threads": torch.get_num_threads()}, ckpt_path)
         atomic.write_text(run_dir / "log.csv", pd.DataFrame(rows).to_csv(index=False))
 
     t0 = time.perf_counter()
     step = start
+    # A step that fails half-way (Ctrl-C, a non-finite loss) has already moved the model's buffers (BatchNorm
+    # running statistics) in its forward pass; they are put back before the completed steps are saved, so
+    # that a resumed run is exactly the uninterrupted one. Parameters and optimizer state only change in
+    # optimizer.step(), after which the step counts as completed.
+    buffers = [b for b in model.buffers() if b is not None] if ckpt_path is not None and rank == 0 else []
+    snapshot = [torch.empty_like(b) for b in buffers]  # the buffers as the last completed step left them
+    in_step = False
     bar = progress.bar(total=cfg.steps, initial=start, desc=cfg.desc, unit="step", disable=not cfg.progress)
     try:
         for step in range(start, cfg.steps):
@@ -177,6 +204,9 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
             batch = batch_fn(step)
             if world > 1:
                 batch = _shard(batch, rank, world)
+            if buffers:
+                torch._foreach_copy_(snapshot, buffers)  # one fused copy on a GPU
+            in_step = True
             trained.train()
             loss, metrics = step_fn(trained, _to_device(batch, device))
             if not torch.isfinite(loss):
@@ -188,6 +218,7 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
             optimizer.step()
             row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, **{k: float(v) for k, v in metrics.items()}}
             rows.append(row)  # the step is complete once the optimizer has stepped
+            in_step = False
             done = step + 1
             if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
                 trained.eval()
@@ -201,6 +232,9 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
         step = cfg.steps
         save(cfg.steps)
     except BaseException:
+        if in_step and buffers:  # the failing step's forward pass is undone
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, snapshot)
         save(len(rows))  # every completed step is kept; the failing one is not
         raise
     finally:

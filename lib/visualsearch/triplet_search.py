@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from .models.embedding import AttributeClassifier, EmbeddingConfig, EmbeddingNet
 from .progress import stage
 from .samplers import PairBatchSampler
 from .seeding import step_seed
-from .train import TrainConfig, train
+from .train import TrainConfig, identity_of, train
 
 # The loss of each method the tables compare (names are the tables' row labels' keys).
 LOSSES = {
@@ -58,6 +59,7 @@ class ImageSet:
     split: RetailSplit | None = None        # else: paths and boxes to read from
     use_boxes: bool = True
     item_ids: list = field(default_factory=list)
+    paths: list = field(default_factory=list)  # the image files kept (after skipped ones), in order
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,9 +89,10 @@ def load_imageset(split: RetailSplit, size: int, use_boxes: bool = True, in_memo
         keep = kept.tolist()
         return ImageSet(torch.tensor(split.labels)[kept] if len(keep) else torch.zeros(0, dtype=torch.long),
                         torch.tensor(split.categories)[kept] if len(keep) else torch.zeros(0, dtype=torch.long),
-                        size, images=images, use_boxes=use_boxes, item_ids=[split.item_ids[i] for i in keep])
+                        size, images=images, use_boxes=use_boxes, item_ids=[split.item_ids[i] for i in keep],
+                        paths=[split.paths[i] for i in keep])
     return ImageSet(split.label_tensor(), split.category_tensor(), size, split=split, use_boxes=use_boxes,
-                    item_ids=list(split.item_ids))
+                    item_ids=list(split.item_ids), paths=list(split.paths))
 
 
 def attribute_targets(item_ids: list, attributes: pd.DataFrame, names=("category", "colour", "pattern")) -> dict:
@@ -107,9 +110,12 @@ def attribute_targets(item_ids: list, attributes: pd.DataFrame, names=("category
 # ------------------------------------------------------------------------------------------ pretraining
 
 def pretrain_trunk(images: ImageSet, targets: dict, arch: str = "resnet18", steps: int = 200, batch_size: int = 64,
-                   lr: float = 1e-3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+                   lr: float = 1e-3, seed: int = 0, device: str = "cpu", progress: bool = False, run_dir=None,
+                   checkpoint_every: int = 0, identity: str = "") -> dict:
     """Train an AttributeClassifier (one head per target) on `images` with the paper's augmentation; return
-    {"trunk": state dict, "log": DataFrame}. The stand-in for an ImageNet-pretrained trunk."""
+    {"trunk": state dict, "log": DataFrame}. The stand-in for an ImageNet-pretrained trunk. `run_dir`:
+    checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present (train.train);
+    `identity`: what is trained (TrainConfig.identity)."""
     classes = {k: int(v.max()) + 1 for k, v in targets.items()}
     torch.manual_seed(seed)
     model = AttributeClassifier(arch, classes)
@@ -129,8 +135,8 @@ def pretrain_trunk(images: ImageSet, targets: dict, arch: str = "resnet18", step
         return m.loss(x, t)
 
     cfg = TrainConfig(steps=steps, lr=lr, optimizer="adam", seed=seed, progress=progress, device=device,
-                      desc="pretraining the trunk on attributes")
-    res = train(model, step_fn, batch_fn, cfg)
+                      desc="pretraining the trunk on attributes", checkpoint_every=checkpoint_every, identity=identity)
+    res = train(model, step_fn, batch_fn, cfg, run_dir=run_dir)
     return {"trunk": {k: v.cpu() for k, v in res.model.trunk_state_dict().items()}, "log": res.log}
 
 
@@ -168,9 +174,11 @@ def build_model(cfg: RunConfig, trunk_state: dict | None = None, weights_path: s
 
 def train_embedding(images: ImageSet, cfg: RunConfig, trunk_state: dict | None = None, weights_path=None,
                     device: str = "cpu", eval_fn=None, eval_every: int = 0, run_dir=None, progress: bool = False,
-                    desc: str = "training"):
+                    desc: str = "training", checkpoint_every: int = 0, identity: str = ""):
     """Train the embedding on pair batches with the method's loss; returns train.TrainResult (its log holds
-    the loss statistics per step and eval_fn's metrics every eval_every steps); `desc` labels the bar."""
+    the loss statistics per step and eval_fn's metrics every eval_every steps); `desc` labels the bar.
+    `run_dir`: checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present;
+    `identity`: what is trained (TrainConfig.identity: model, loss and data), checked against a checkpoint."""
     model = build_model(cfg, trunk_state, weights_path)
     sampler = PairBatchSampler(images.labels, cfg.num_pairs, seed=cfg.seed, categories=images.categories,
                                single_category_prob=cfg.single_category_prob)
@@ -195,7 +203,8 @@ def train_embedding(images: ImageSet, cfg: RunConfig, trunk_state: dict | None =
     groups = [{"params": model.trunk.parameters(), "lr_scale": cfg.trunk_lr_scale},
               {"params": model.head.parameters(), "lr_scale": 1.0}]
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, lr_milestones=tuple(cfg.lr_milestones), seed=cfg.seed,
-                       progress=progress, device=device, desc=desc)
+                       progress=progress, device=device, desc=desc, checkpoint_every=checkpoint_every,
+                       identity=identity)
     return train(model, step_fn, batch_fn, tcfg, run_dir=run_dir, param_groups=groups, eval_fn=eval_fn,
                  eval_every=eval_every)
 
@@ -481,7 +490,7 @@ def load_data(p) -> TripletData:
 
     skips = SkipLog()
     size, mem = p.model.input_size, p.data.in_memory
-    with stage("reading the In-shop and SOP lists (every image is opened once)"):
+    with stage("reading the In-shop and SOP lists (every image is decoded once to check it)"):
         if p.data_root is None:
             folder = products_world(ProductsWorldConfig(**p.world.to_dict()))
             inshop, sop = read_inshop(folder, skips), read_sop(folder, skips)
@@ -504,15 +513,33 @@ def load_data(p) -> TripletData:
             names = (names0, "Stanford Online Products")
             desc = f"{names0} ({ins_root}) and Stanford Online Products ({sop_root})"
             fp = fingerprint_dir(ins_root)[:8] + fingerprint_dir(sop_root)[:8]
-    return TripletData(
+    sets = dict(
         inshop_train=load_imageset(inshop.train, size, True, mem, skips, "reading In-shop train images"),
         inshop_query=load_imageset(inshop.query, size, True, mem, skips, "reading In-shop query images"),
         inshop_gallery=load_imageset(inshop.gallery, size, True, mem, skips, "reading In-shop gallery images"),
         sop_train=load_imageset(sop.train, size, False, mem, skips, "reading SOP train images"),
-        sop_test=load_imageset(sop.query, size, False, mem, skips, "reading SOP test images"),
-        inshop_categories=inshop.category_names, sop_categories=sop.category_names,
-        inshop_name=names[0], sop_name=names[1], description=desc, fingerprint=fp, skips=skips,
-        attributes=att, folder=folder)
+        sop_test=load_imageset(sop.query, size, False, mem, skips, "reading SOP test images"))
+    roots = {"inshop": inshop.root, "sop": sop.root}
+    kept = kept_images_digest({k: (v.paths, roots[k.split("_")[0]]) for k, v in sets.items()})
+    return TripletData(**sets, inshop_categories=inshop.category_names, sop_categories=sop.category_names,
+                       inshop_name=names[0], sop_name=names[1], description=desc, fingerprint=f"{fp}-{kept}",
+                       skips=skips, attributes=att, folder=folder)
+
+
+def kept_images_digest(sets: dict) -> str:
+    """Hash of the images each set kept after skipped files ({name: (paths, root)}; paths relative to their
+    root, so that the same dataset in another folder has the same digest): part of the data fingerprint, so
+    that a result computed from one set of images is never reused for another."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for name in sorted(sets):
+        paths, root = sets[name]
+        h.update(f"{name}:{len(paths)}\n".encode())
+        for path in paths:
+            h.update(os.path.relpath(path, root).encode() + b"\n")
+    return h.hexdigest()[:8]
 
 
 def data_summary(d: TripletData) -> pd.DataFrame:
@@ -545,15 +572,24 @@ def trunk_weights(p, d: TripletData, cache) -> dict:
         raise ValueError("model.weights 'pretrained' trains on the synthetic world's attribute labels; with real "
                          "data use 'imagenet' and a local weights file")
     key = {"arch": p.model.arch, "size": p.model.input_size, "pretrain": p.pretrain.to_dict(), "seed": p.seed,
-           "data": d.fingerprint}
+           **data_key(p, d)}
 
     def compute():
         targets = attribute_targets(d.sop_train.item_ids, d.attributes)
         out = pretrain_trunk(d.sop_train, targets, p.model.arch, p.pretrain.steps, p.pretrain.batch_size,
-                             p.pretrain.lr, p.seed, p.device, progress=True)
+                             p.pretrain.lr, p.seed, p.device, progress=True,
+                             run_dir=cache.run_dir("triplet_pretrain", key), checkpoint_every=p.checkpoint_every,
+                             identity=identity_of("triplet_pretrain", key))
         return {"trunk": out["trunk"], "weights_path": None, "log": out["log"]}
 
     return cache.get_or_compute("triplet_pretrain", key, compute)
+
+
+def data_key(p, d: TripletData) -> dict:
+    """The part of every cache key that says which inputs a result was computed from and how they were
+    loaded: the data fingerprint (which includes the images kept after skips), every data-loading option,
+    the input size, and the device the computation ran on."""
+    return {"data": d.fingerprint, "loading": p.data.to_dict(), "size": p.model.input_size, "device": p.device}
 
 
 def run_config(p, **changes) -> RunConfig:
@@ -566,8 +602,7 @@ def run_config(p, **changes) -> RunConfig:
 
 def off_the_shelf(p, d: TripletData, start: dict, which: str, cache) -> dict:
     """Pooled trunk features of the starting trunk (no metric learning): query and gallery embeddings."""
-    key = {"which": which, "arch": p.model.arch, "start": _start_key(start, p), "data": d.fingerprint,
-           "size": p.model.input_size}
+    key = {"which": which, "arch": p.model.arch, "start": _start_key(start, p), **data_key(p, d)}
 
     def compute():
         model = build_model(run_config(p), start["trunk"], start["weights_path"]).to(p.device)
@@ -578,8 +613,31 @@ def off_the_shelf(p, d: TripletData, start: dict, which: str, cache) -> dict:
 
 
 def _start_key(start, p):
-    return {"weights": p.model.weights, "path": start.get("weights_path"),
-            "pretrain": p.pretrain.to_dict() if p.model.weights == "pretrained" else None}
+    path = start.get("weights_path")
+    key = {"weights": p.model.weights, "path": path,
+           "pretrain": p.pretrain.to_dict() if p.model.weights == "pretrained" else None}
+    if path:  # the weights themselves, not only their file name
+        key["weights_sha256"] = file_digest(path)
+    return key
+
+
+def file_digest(path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes, remembered per (path, size, mtime) within a process."""
+    from pathlib import Path
+
+    st = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _embed_sets(model, d: TripletData, which: str, device, features=False) -> dict:
@@ -605,8 +663,8 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
     R@1 on a fixed SOP subset every eval_every steps when asked) and the embeddings of queries and gallery."""
     from dataclasses import asdict
 
-    key = {"which": which, "run": asdict(cfg), "start": _start_key(start, p), "data": d.fingerprint,
-           "size": p.model.input_size, "eval_every": eval_every, "eval_products": eval_products}
+    key = {"which": which, "run": asdict(cfg), "start": _start_key(start, p), **data_key(p, d),
+           "eval_every": eval_every, "eval_products": eval_products}
 
     def compute():
         train_set = d.inshop_train if which == "inshop" else d.sop_train
@@ -622,7 +680,8 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
         name = f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
         res = train_embedding(train_set, cfg, start["trunk"], start["weights_path"], device=p.device,
                               eval_fn=ev, eval_every=eval_every if ev else 0, progress=True,
-                              desc=f"training {name}")
+                              desc=f"training {name}", run_dir=cache.run_dir("triplet_run", key),
+                              checkpoint_every=p.checkpoint_every, identity=identity_of("triplet_run", key))
         with stage(f"{name}: embedding the test images"):
             return {"log": res.log, "wall_s": res.wall_s, **_embed_sets(res.model, d, which, p.device)}
 

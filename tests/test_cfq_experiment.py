@@ -282,3 +282,18 @@ def test_readme_names_what_the_paper_preset_reads():
         assert rel.split("|")[0].strip() in names, rel
     for rel in cx.REAL_FOLDERS:
         assert rel.split("|")[0].strip() + "/" in names, rel
+
+
+def test_cache_keys_name_the_device(tmp_path):
+    """A result computed on the CPU is never reused as a GPU run's (it would be labelled with the GPU)."""
+    from types import SimpleNamespace
+
+    from visualsearch.cache import ResultCache
+    from visualsearch.config import load_params
+
+    keys = {}
+    for device in ("cpu", "cuda"):
+        exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), ResultCache(tmp_path / "r"))
+        exp.device, exp.data = device, SimpleNamespace(fingerprints={"cfq": "abc"})
+        keys[device] = (exp.pretrain_key(), exp.run_key("raf-fiq"))
+    assert keys["cpu"][0] != keys["cuda"][0] and keys["cpu"][1] != keys["cuda"][1]

@@ -187,7 +187,8 @@ def test_killed_trunk_training_resumes_to_the_uninterrupted_weights(tiny_world_d
     torch.set_num_threads(1)
     straight, _, _ = fa.train_identity_trunk(d, p, ResultCache(tmp_path / "a" / "results"))
     cache = ResultCache(tmp_path / "b" / "results")
-    key = {"data": d.fingerprint, "model": fa.asdict(fa.net_config(p)), "trunk": dict(p["trunk"]), "seed": p["seed"]}
+    key = {"data": d.fingerprint, "model": fa.asdict(fa.net_config(p)), "trunk": dict(p["trunk"]), "seed": p["seed"],
+           "device": "cpu"}
     run_dir = cache.run_dir("face_trunk", key)
     _interrupted_train(monkeypatch, after_steps=6)
     torch.set_num_threads(1)

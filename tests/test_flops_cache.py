@@ -133,3 +133,4 @@ def test_import_closure_follows_relative_absolute_and_function_level_imports(tmp
     (pkg / "unused.py").write_text("")
     names = {p.relative_to(pkg).as_posix() for p in import_closure(["pkg.a"], pkg, "pkg")}
     assert names == {"__init__.py", "a.py", "sub/__init__.py", "sub/b.py", "c.py", "d.py", "e.py"}
+

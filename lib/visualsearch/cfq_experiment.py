@@ -536,7 +536,7 @@ class CFQExperiment:
 
     def pretrain_key(self) -> dict:
         return {"model": dict(self.p["model"]), "pretrain": dict(self.p["pretrain"]), "seed": self.p["seed"],
-                "data": self.data_key()}
+                "data": self.data_key(), "device": str(self.device)}  # a CPU result is never a GPU run's
 
     # -- models
     def new_clip(self) -> clipmod.DualEncoder:
@@ -641,7 +641,7 @@ class CFQExperiment:
         return {"run": run, "kind": kind, "stages": list(stages), "train": {s: dict(t[s]) for s in stages},
                 "va_lr": t["va_lr"], "pretrain": self.pretrain_key() if pretrained else None,
                 "model": dict(self.p["model"]), "seed": self.p["seed"], "data": self.data_key(),
-                "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share}
+                "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share, "device": str(self.device)}
 
     def fiq_pairs(self, share: float = 1.0) -> PairSet:
         """The first round(share x N) Fashion IQ-style training pairs of one permutation drawn with the seed:

@@ -303,7 +303,8 @@ def train_identity_trunk(data: FaceData, p, cache=None, device: str = "cpu") -> 
     accuracy, rank-1 identity retrieval on the attribute-test people, wall time) and its cache key (which
     the fine-tuning runs' keys include)."""
     cfg = net_config(p)
-    key = {"data": data.fingerprint, "model": asdict(cfg), "trunk": dict(p["trunk"]), "seed": p["seed"]}
+    key = {"data": data.fingerprint, "model": asdict(cfg), "trunk": dict(p["trunk"]), "seed": p["seed"],
+           "device": str(device)}  # (the fine-tuning runs' keys hold this key, device included)
 
     def compute(run_dir):
         seed_everything(p["seed"])

@@ -222,3 +222,54 @@ def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_nam
     if signal_name == "SIGTERM":
         assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and "Traceback" not in err
     assert not (tmp_path / "results" / notebook).exists()
+
+
+def test_a_key_that_only_some_notebooks_have_is_refused_with_the_hint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "visualsearch.runner", "--set", "train.steps=3",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "maaf_ablations" in proc.stderr and "--only" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_stops_at_once(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "visualsearch.runner", "--only", "triplet_product_search",
+                           "--device", "cuda", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no CUDA GPU" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_setup_repoints_a_venv_installed_from_another_checkout(tmp_path):
+    """A venv shared by two checkouts (VISUALSEARCH_VENV) whose editable install points at the other one is
+    reinstalled from this checkout; one that points here and is up to date is left alone. A fake python in
+    the venv records what setup_env.sh asks of it."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "etc" / "jupyter").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    points_at = tmp_path / "points_at"
+    points_at.write_text("/somewhere/else")
+    fake = venv / "bin" / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {log}
+case "$*" in
+  *"print(pathlib.Path(visualsearch.__file__)"*) cat {points_at} ;;
+  "- "*) cat > /dev/null ;;
+esac
+exit 0
+""")
+    fake.chmod(0o755)
+    env = dict(os.environ, VISUALSEARCH_VENV=str(venv))
+    run = lambda: subprocess.run([str(root / "scripts" / "setup_env.sh")], env=env, capture_output=True, text=True)
+    assert run().returncode == 0
+    assert f"-m pip install -q --no-deps -e {root}" in log.read_text()
+    points_at.write_text(str(root))
+    log.write_text("")
+    assert run().returncode == 0
+    assert "pip install" not in log.read_text()  # installed from this checkout and up to date: nothing to do
+    points_at.write_text("/somewhere/else")
+    assert run().returncode == 0
+    assert f"-m pip install -q --no-deps -e {root}" in log.read_text()

@@ -115,6 +115,22 @@ def code_version() -> str:
     return _hash_files(tuple(str(f) for f in import_closure(loaded, lib)))
 
 
+def file_digest(path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes (weights a key must name by content, not by file name),
+    remembered per (path, size, mtime) within a process."""
+    st = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 class ResultCache:
     """get_or_compute(name, key, compute): load the stored value for (name, key, code version) or compute,
     store atomically and return it. Set VISUALSEARCH_NO_CACHE=1 to recompute everything."""

@@ -28,7 +28,6 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from PIL import Image
 # Every library module a run may use is imported here, not lazily: the result cache keys on the sources of
 # the loaded modules, so the set must be the same when a run is looked up and when it is stored.
 from . import atomic
-from .cache import ResultCache
+from .cache import ResultCache, file_digest
 from .data import text_feedback as tf
 from .data.errors import SkipLog
 from .data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
@@ -365,17 +364,7 @@ def weights_key(path) -> dict:
     their file name."""
     if not path:
         return {}
-    st = Path(path).stat()
-    return {"weights_sha256": _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)}
-
-
-@lru_cache(maxsize=16)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return {"weights_sha256": file_digest(path)}
 
 
 def with_changes(cfg: MAAFConfig, **changes) -> MAAFConfig:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .cache import file_digest
 from .data.augment import AugmentConfig, augment_batch, prepare_batch
 from .data.images import load_image
 from .data.retail import RetailSplit, crop_to_box, image_to_uint8, load_split_images
@@ -619,25 +619,6 @@ def _start_key(start, p):
     if path:  # the weights themselves, not only their file name
         key["weights_sha256"] = file_digest(path)
     return key
-
-
-def file_digest(path) -> str:
-    """SHA-256 (16 hex digits) of a file's bytes, remembered per (path, size, mtime) within a process."""
-    from pathlib import Path
-
-    st = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=16)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _embed_sets(model, d: TripletData, which: str, device, features=False) -> dict:

@@ -228,8 +228,11 @@ def test_finetune_runs_checkpoint_into_their_own_run_dirs(tiny_world_data, one_t
             trunk, d, fa.FeatureBank(trunk, d, "cpu", 100), job[1], job[2], job[0], job[3], p, run_dir=run_dir))
     assert len(seen) == 3 and len(set(seen)) == 3 and all(r.parent.name == "face_finetune" for r in seen)
     monkeypatch.undo()
+    misses = len(cache.misses)
     runs_df, _ = fa.run_grid(trunk, key, d, p, cache, progress=False)  # the rest in 2 forked workers
     assert len(runs_df) == len(fa.grid_jobs(p))
+    # the workers' runs count as computed (the runner's cold/warm flag reads this from the provenance)
+    assert cache.misses[misses:] == ["face_finetune"] * (len(fa.grid_jobs(p)) - 3)
     assert not any((cache.root.parent / "runs" / "face_finetune").iterdir())  # every run's folder removed once stored
 
 

@@ -467,6 +467,7 @@ def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, d
                      disable=not progress) as finished:
                 for f in as_completed(futures):
                     f.result()
+                    cache.misses.append("face_finetune")  # computed in this session (by a worker): not a warm run
                     finished.update(1)
         _WORKER.clear()
         todo = []

@@ -14,44 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from paper_preset import provenance, run_paper_preset, truncate
 
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.paper_preset, pytest.mark.slow]
 
 
-def truncate(path: Path) -> None:
-    """Cut an image file in half, as an interrupted copy leaves it."""
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
 
-
-def run_paper_preset(notebook: str, data_root: Path, out: Path, sets: list[str]) -> float:
-    """The runner at the paper preset; fails the test with the runner's message (and the failing cell's log)."""
-    cmd = [sys.executable, "-m", "visualsearch.runner", "--preset", "paper", "--only", notebook,
-           "--data-root", str(data_root), "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=900)
-    wall = time.time() - start
-    if proc.returncode != 0:
-        log = next((out / ".staging" / "results" / notebook).glob("*.papermill.log"), None) \
-            if (out / ".staging").is_dir() else None
-        tail = log.read_text()[-4000:] if log else ""
-        pytest.fail(f"{notebook} failed at the paper preset:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{tail}")
-    return wall
-
-
-def sidecar(out: Path, notebook: str, name: str) -> dict:
-    return json.loads((out / "results" / notebook / f"{name}.provenance.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------------- CFQ
@@ -99,13 +72,13 @@ def test_cfq_paper_preset_on_the_published_layouts(tmp_path):
         assert (results / f"{name}.csv").is_file(), name
     for name in ("judgment_histogram", "figure1_examples", "training_curves", "data_limited"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file(), name
-    skipped = sidecar(out, "cfq_evaluation", "experiment_grid")["skipped_inputs"]
+    skipped = provenance(out, "cfq_evaluation", "experiment_grid")["skipped_inputs"]
     cfq = skipped["Challenging Fashion Queries (real)"]
     assert cfq["by_reason"] == {"missing image": 3, "corrupt image": 1}
     assert str(damaged["cfq"]) in cfq["examples"]["corrupt image"]
     assert skipped["Fashion IQ (real)"]["by_reason"].get("corrupt image") == 1
     assert skipped["iMaterialist Fashion 2018 (real)"]["by_reason"] == {"missing image": 1}
-    assert sidecar(out, "cfq_evaluation", "claims")["skipped_inputs"] == skipped  # in every sidecar
+    assert provenance(out, "cfq_evaluation", "claims")["skipped_inputs"] == skipped  # in every sidecar
     assert not any((Path(os.environ["VISUALSEARCH_CACHE"]) / "runs").glob("cfq_*/*/checkpoint.pt"))
     print(f"cfq_evaluation paper preset rehearsal: {wall:.0f} s")
 
@@ -147,9 +120,9 @@ def test_face_paper_preset_on_the_published_layouts(tmp_path):
     depth = pd.read_csv(results / "accuracy_by_depth.csv")
     emotion = depth[(depth.metric == "emotion accuracy") & depth["variant"].notna()]
     assert len(emotion) and emotion.reproduced.between(0, 1).all()  # emotion scored on FER2013's test rows
-    side = sidecar(out, "face_attribute_sharing", "accuracy_by_depth")
+    side = provenance(out, "face_attribute_sharing", "accuracy_by_depth")
     (description, skipped), = side["skipped_inputs"].items()
     assert "FER2013" in description and skipped["by_reason"] == {"corrupt image": 1, "missing image": 1}
     assert str(damaged["corrupt"]) in skipped["examples"]["corrupt image"]
-    assert sidecar(out, "face_attribute_sharing", "identity_trunk")["skipped_inputs"] == side["skipped_inputs"]
+    assert provenance(out, "face_attribute_sharing", "identity_trunk")["skipped_inputs"] == side["skipped_inputs"]
     print(f"face_attribute_sharing paper preset rehearsal: {wall:.0f} s")

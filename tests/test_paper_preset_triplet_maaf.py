@@ -7,31 +7,17 @@ ResNet state dict), and runs the notebook through the real runner with `--preset
 is written and that the skipped inputs are counted in the provenance.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from paper_preset import provenance, run_paper_preset, truncate
 import torch
 import torchvision
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def truncate(path: Path) -> None:
-    """Rewrite `path` as a half-written JPEG: its header parses (Image.verify() passes), its decode fails."""
-    rng = np.random.default_rng(0)
-    Image.fromarray((rng.random((48, 48, 3)) * 255).astype("uint8")).save(path, format="JPEG", quality=90)
-    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
-    with Image.open(path) as im:
-        im.verify()
 
 
 def resnet_state_dict(arch: str, path: Path) -> None:
@@ -40,22 +26,6 @@ def resnet_state_dict(arch: str, path: Path) -> None:
     torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
 
 
-def run_paper_preset(notebook: str, data_root: Path, out: Path, sets: list[str]) -> float:
-    cmd = [sys.executable, "-m", "visualsearch.runner", "--preset", "paper", "--only", notebook,
-           "--data-root", str(data_root), "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ))
-    if proc.returncode != 0:
-        log = out / ".staging" / "results" / notebook / f"{notebook}.papermill.log"
-        tail = log.read_text()[-4000:] if log.is_file() else ""
-        pytest.fail(f"{notebook} paper preset failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{tail}")
-    return time.time() - t0
-
-
-def provenance(out: Path, notebook: str, table: str) -> dict:
-    return json.loads((out / "results" / notebook / f"{table}.provenance.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------------ triplet

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from visualsearch.runner import run_notebook
+from visualsearch.runner import descendants, run_notebook
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -162,22 +162,6 @@ def test_numbers_in_exponent_form_are_floats():
                                                                          "seed": 3}
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.add(c)
-            todo.append(c)
-    return found
-
 
 def _alive(pids) -> set[int]:
     import os
@@ -209,9 +193,9 @@ def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_nam
                              notebook, "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 90
-    while time.time() < deadline and len(_descendants(proc.pid)) < processes:  # papermill, kernel, workers
+    while time.time() < deadline and len(descendants(proc.pid)) < processes:  # papermill, kernel, workers
         time.sleep(0.2)
-    below = _descendants(proc.pid)
+    below = descendants(proc.pid)
     assert len(below) >= processes, f"papermill, its kernel (and workers) did not start: {below}"
     os.kill(proc.pid, getattr(signal, signal_name))
     _, err = proc.communicate(timeout=30)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from visualsearch.runner import descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "triplet_product_search"
 # the smoke preset, shrunk to one training per table, with trainings long enough to be killed in the middle
@@ -30,22 +32,6 @@ def _command(out: Path) -> list[str]:
 def _env(cache: Path) -> dict:
     return dict(os.environ, VISUALSEARCH_CACHE=str(cache))
 
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (read from /proc: children of children included)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _tables(out: Path) -> dict:
@@ -70,7 +56,7 @@ def test_kill_9_mid_training_then_rerun_resumes_with_equal_tables(tmp_path):
         ckpt = found[0] if found else None
         time.sleep(0.02)
     assert ckpt is not None, "no training checkpoint appeared before the run ended"
-    for pid in [proc.pid, *_descendants(proc.pid)]:  # the runner, papermill and the kernel, as a crash would
+    for pid in [proc.pid, *descendants(proc.pid)]:  # the runner, papermill and the kernel, as a crash would
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -91,7 +91,7 @@ _SPAWN = threading.Lock()  # held while a papermill starts, so a stop never miss
 _STOPPING = threading.Event()
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (papermill -> its kernel -> the kernel's worker processes), read from
     /proc; empty where there is no /proc."""
     children: dict[int, list[int]] = {}
@@ -123,7 +123,7 @@ def _stop_on_signal(signum, frame) -> None:
     _STOPPING.set()
     with _SPAWN:  # no papermill starts after this point
         procs = list(_RUNNING)
-    trees = {proc: [proc.pid] + _descendants(proc.pid) for proc in procs}
+    trees = {proc: [proc.pid] + descendants(proc.pid) for proc in procs}
     for pids in trees.values():
         _signal_all(pids, signal.SIGTERM)
     deadline = time.time() + 10

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from visualsearch.models.baselines import FUSIONS, TIRG, build_baseline
-from visualsearch.models.maaf import MAAFConfig, build_model
+from visualsearch.models.fusion import build_model
+from visualsearch.models.maaf import MAAFConfig
 from visualsearch.models.text import Vocabulary
 
 TEXTS = ["make the red circle blue", "remove top left object", "add a small green square"]

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from visualsearch.models.maaf import (MAAF, FusionEncoder, MAAFConfig, MultiHeadAttention, ResNetTrunk,
-                                      build_model, word_attention_maps)
+from visualsearch.models.blocks import FusionEncoder, MultiHeadAttention, ResNetTrunk
+from visualsearch.models.fusion import build_model
+from visualsearch.models.maaf import MAAF, MAAFConfig, word_attention_maps
 from visualsearch.models.text import Vocabulary
 
 TEXTS = ["make the red circle blue", "remove top left object", "add a small green square"]

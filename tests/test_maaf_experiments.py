@@ -14,7 +14,8 @@ from visualsearch.cache import ResultCache
 from visualsearch.data.errors import SkipLog
 from visualsearch.data.scenes import ScenesWorldConfig, build_css
 from visualsearch.data.text_feedback import read_css
-from visualsearch.models.maaf import MAAFConfig, ResNetTrunk
+from visualsearch.models.blocks import ResNetTrunk
+from visualsearch.models.maaf import MAAFConfig
 from visualsearch.models.text import Vocabulary
 
 TINY = MAAFConfig(dim=32, heads=4, ff_width=32, blocks=1, backbone="resnet18", backbone_frozen=True, image_size=32)

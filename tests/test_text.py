@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from visualsearch.models.text import (EmbeddingTextEncoder, LSTMTextEncoder, MiniLMTextEncoder,
-                                      TransformerTextEncoder, Vocabulary, build_text_encoder, last_valid,
-                                      masked_mean, minilm_path, tokenize)
+                                      TransformerTextEncoder, Vocabulary, build_text_encoder, minilm_path,
+                                      tokenize)
+from visualsearch.models.blocks import last_valid, masked_mean
 
 TEXTS = ["Make the circle RED!", "add a blue square to the top-left", "remove it"]
 

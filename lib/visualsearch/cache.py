@@ -1,9 +1,11 @@
 """Result cache: a trained model and its evaluation, stored under a hash of what produced them.
 
 Why: re-running a notebook to restyle a figure must not retrain for ten minutes. The key is
-(name, the caller's key dict: model/training config, data fingerprint, seed) plus the library's code
-version, a hash of the library modules loaded by the run, so that a change to a loss or a model
-invalidates what it produced while a change to a notebook's markdown does not.
+(name, the caller's key dict: model/training config, data fingerprint, seed) plus the code version of what
+computes the entries: the sources of the compute module a cache is made for (a paper's `experiment.py`,
+`ResultCache(code=...)`) and of every library module it imports. So a change to a loss or a model
+invalidates what it produced, while a change to a notebook's markdown, to report.py or to a paper's
+figures and tables (which no compute module imports) reruns nothing.
 
 Integrity: every entry is stored with the SHA-256 of its bytes in its `.json` sidecar, and the checksum is
 verified before the entry is used. An entry that was altered after it was written (even one that still loads,
@@ -100,19 +102,26 @@ def import_closure(names, lib: Path, package: str = "visualsearch") -> list[Path
     return sorted(files)
 
 
-def code_version() -> str:
-    """Hash of the sources of the library modules this process uses: the ones loaded, and every library
-    module those import anywhere in their source.
+def code_version(modules=None) -> str:
+    """Hash of the sources of library `modules` (names) and of every library module they import anywhere in
+    their source; `modules=None`: every library module this process has loaded.
 
-    A notebook imports only what it uses, so a change to the MAAF model does not invalidate the triplet
-    notebook's cached training, while a change to anything the triplet notebook can run (its loss, the training
-    loop, the evaluator) does. Imports inside functions count whether or not they have run yet: otherwise a
-    cache hit that skips such a function would change the version, and everything computed after it."""
+    A paper's cache names its compute module, so a change to the MAAF model does not invalidate the triplet
+    notebook's cached training, nor a restyled figure any training, while a change to anything the compute
+    can run (its loss, the training loop, the evaluator) does. Imports inside functions count whether or not
+    they have run yet: otherwise a cache hit that skips such a function would change the version, and
+    everything computed after it."""
     lib = Path(__file__).resolve().parent
-    loaded = [name for name, m in list(sys.modules.items())
-              if (name == "visualsearch" or name.startswith("visualsearch.")) and getattr(m, "__file__", None)
-              and Path(m.__file__).resolve().is_relative_to(lib)]
-    return _hash_files(tuple(str(f) for f in import_closure(loaded, lib)))
+    if modules is None:
+        modules = [name for name, m in list(sys.modules.items())
+                   if (name == "visualsearch" or name.startswith("visualsearch.")) and getattr(m, "__file__", None)
+                   and Path(m.__file__).resolve().is_relative_to(lib)]
+    elif isinstance(modules, str):
+        modules = [modules]
+    missing = [m for m in modules if _module_file(m, lib, "visualsearch") is None]
+    if missing:
+        raise ValueError(f"code_version: no library module named {', '.join(missing)}")
+    return _hash_files(tuple(str(f) for f in import_closure(list(modules), lib)))
 
 
 def file_digest(path) -> str:
@@ -133,15 +142,20 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 class ResultCache:
     """get_or_compute(name, key, compute): load the stored value for (name, key, code version) or compute,
-    store atomically and return it. Set VISUALSEARCH_NO_CACHE=1 to recompute everything."""
+    store atomically and return it. Set VISUALSEARCH_NO_CACHE=1 to recompute everything.
 
-    def __init__(self, root=None):
+    `code`: the library module (or modules) whose import closure computes the entries, e.g.
+    "visualsearch.papers.triplet.experiment"; every paper's experiment module makes its cache this way
+    (`experiment.result_cache()`). None: every library module loaded in this process (tests, ad-hoc use)."""
+
+    def __init__(self, root=None, code=None):
         self.root = Path(root) if root else cache_root() / "results"
+        self.code = code
         self.hits: list[str] = []    # names loaded from the cache in this session (shown in provenance)
         self.misses: list[str] = []  # names computed in this session
 
     def _digest(self, name: str, key: dict) -> str:
-        blob = json.dumps({"name": name, "key": key, "code": code_version()}, sort_keys=True, default=str)
+        blob = json.dumps({"name": name, "key": key, "code": code_version(self.code)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def path(self, name: str, key: dict) -> Path:
@@ -205,7 +219,7 @@ class ResultCache:
         buf = io.BytesIO()
         torch.save(value, buf)
         data = buf.getvalue()
-        meta = {"name": name, "key": key, "code": code_version(), "sha256": hashlib.sha256(data).hexdigest(),
+        meta = {"name": name, "key": key, "code": code_version(self.code), "sha256": hashlib.sha256(data).hexdigest(),
                 "bytes": len(data)}
         atomic.atomic_write(path, lambda f: f.write(data))
         atomic.write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True, default=str))

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -178,13 +179,45 @@ def recall_at_k(indices: torch.Tensor, query_labels, gallery_labels, ks: Sequenc
     return {int(k): float((first < k).float().mean()) for k in ks}
 
 
-def embed(fn: Callable[[object], torch.Tensor], batches: Iterable, progress: bool = False,
-          desc: str = "embedding") -> torch.Tensor:
-    """Concatenate `fn(batch)` over batches under no_grad, on CPU; a progress bar when asked."""
+def embed(fn: Callable[[torch.Tensor], torch.Tensor], index, batch_size: int = 256, normalize: bool = True,
+          progress: bool = False, desc: str = "embedding") -> torch.Tensor:
+    """The one embedding loop: `fn(chunk)` for consecutive chunks of `index` (a LongTensor of item indices, or
+    an int n for 0..n-1), under no_grad, as float rows on the CPU, each L2-normalised unless `normalize` is
+    False; [len(index), D]. `fn` turns item indices into embeddings (read the images, run the model)."""
     from .progress import bar
 
+    index = torch.arange(index) if isinstance(index, int) else torch.as_tensor(index, dtype=torch.long).reshape(-1)
     out = []
     with torch.no_grad():
-        for batch in bar(batches, desc=desc, disable=not progress, leave=False):
-            out.append(fn(batch).detach().float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+        for start in bar(range(0, len(index), batch_size), desc=desc, disable=not progress, leave=False):
+            e = fn(index[start:start + batch_size]).float()
+            out.append((F.normalize(e, dim=-1) if normalize else e).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+@dataclass
+class Retrieval:
+    """The one result type of a retrieval evaluation: what `search` computed."""
+
+    recall: dict            # k -> Recall@k, a fraction of the queries
+    indices: torch.Tensor   # [Q, kmax] gallery indices, best first
+    scores: torch.Tensor    # [Q, kmax] their similarities
+    k_cap: int              # the largest k that could be evaluated (items retrievable per query)
+
+    def percent(self) -> dict:
+        """{"R@k": Recall@k in percent} (how the MAAF and CFQ papers print recall)."""
+        return {f"R@{k}": 100 * v for k, v in self.recall.items()}
+
+
+def search(query_emb: torch.Tensor, gallery_emb: torch.Tensor, query_labels, gallery_labels, ks: Sequence[int],
+           exclude=None) -> Retrieval:
+    """Exact retrieval of every query (see `retrieve`, `exclude` included) and its Recall@k for each k in `ks`.
+
+    A query is a hit at k when a gallery item of its label is among its first k results. ks above the items
+    retrievable per query (the gallery size, less one when an item is excluded per query) are evaluated at
+    that cap, `k_cap`, which the caller states in its table."""
+    k_cap = len(gallery_emb) - (0 if exclude is None else 1)
+    kmax = min(max(ks), k_cap)
+    top = retrieve(query_emb, gallery_emb, kmax, exclude=exclude)
+    rec = recall_at_k(top.indices, query_labels, gallery_labels, [min(k, k_cap) for k in ks])
+    return Retrieval({k: rec[min(k, k_cap)] for k in ks}, top.indices, top.scores, k_cap)

@@ -49,8 +49,9 @@ from .data.text_feedback import FeedbackSplit
 from .data.worlds import cache_root, fingerprint_dir
 from .evaluate import recall_at_k, retrieve
 from .losses import BatchSoftmaxLoss, SoftTripletLoss
-from .models import baselines  # noqa: F401  (built through models.maaf.build_model)
-from .models.maaf import MAAFConfig, ResNetTrunk, build_model
+from .models.blocks import ResNetTrunk
+from .models.fusion import build_model
+from .models.maaf import MAAFConfig
 from .models.text import Vocabulary
 from .progress import bar, note, stage
 from .seeding import step_seed

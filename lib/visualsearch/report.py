@@ -218,7 +218,7 @@ class Reporter:
         self.claims: list[dict] = []
         self.cache = None                     # a ResultCache, if the notebook uses one (hits shown)
         self.written: list[Path] = []
-        from .train import dist_info
+        from .distributed import dist_info
         self.enabled = dist_info()[0] == 0    # under torchrun only rank 0 writes
         set_theme()
         if self.enabled:

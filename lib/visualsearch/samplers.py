@@ -1,4 +1,5 @@
-"""Which images go into a training batch: pair batches, P x K batches, single-category batches.
+"""Which items go into a training batch: pair batches, P x K batches, single-category batches (the triplet
+paper) and uniform batches of queries or pairs (MAAF, CFQ).
 
 Why pure functions of (seed, step): the training loop resumes exactly only if the batch at step t is the
 same whether the run went straight through or resumed at t (see train.py). So a sampler holds no state
@@ -135,3 +136,47 @@ class PKBatchSampler:
             imgs = self.index.images[j]
             out.append(rng.choice(imgs, size=self.k, replace=len(imgs) < self.k))
         return Batch(torch.from_numpy(np.concatenate(out)).long(), category)
+
+
+@dataclass
+class DrawnBatch:
+    """Items of one uniformly drawn batch, the group they came from, and the step's random stream (the caller
+    draws the step's other choices, such as one caption per pair, from it, so they too are a pure function of
+    the step)."""
+
+    indices: np.ndarray            # item indices inside the group
+    group: int                     # which group (0 when there is one)
+    rng: np.random.Generator       # the step's stream, advanced past the draws above
+
+
+class UniformBatches:
+    """`sampler(step) -> DrawnBatch`: `batch_size` items drawn uniformly without replacement, for the
+    composed-retrieval papers (MAAF, CFQ), whose batches are (reference, text, target) queries or (image,
+    caption) pairs.
+
+    group_sizes: an int n (one pool of n items), or a list of pool sizes: each batch then comes from one pool
+    chosen uniformly (MAAF trains each batch on one Fashion IQ category, as the authors do).
+    when_short: a pool smaller than the batch gives a batch drawn with replacement ("repeat") or a smaller batch
+    ("shrink"); "error" refuses.
+    """
+
+    def __init__(self, group_sizes, batch_size: int, seed: int, when_short: str = "repeat"):
+        if when_short not in ("repeat", "shrink", "error"):
+            raise ValueError(f"when_short must be repeat, shrink or error, got {when_short!r}")
+        self.grouped = not isinstance(group_sizes, (int, np.integer))
+        self.sizes = [int(n) for n in group_sizes] if self.grouped else [int(group_sizes)]
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"every pool needs at least one item, got sizes {self.sizes}")
+        if when_short == "error" and min(self.sizes) < batch_size:
+            raise ValueError(f"a pool of {min(self.sizes)} items is smaller than the batch of {batch_size}")
+        self.batch_size, self.seed, self.when_short = batch_size, seed, when_short
+
+    def __call__(self, step: int) -> DrawnBatch:
+        rng = np.random.default_rng(step_seed(self.seed, step))
+        group = int(rng.integers(len(self.sizes))) if self.grouped else 0
+        n = self.sizes[group]
+        if self.when_short == "repeat":
+            picks = rng.choice(n, size=self.batch_size, replace=n < self.batch_size)
+        else:
+            picks = rng.choice(n, size=min(self.batch_size, n), replace=False)
+        return DrawnBatch(picks, group, rng)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import atomic, progress
+from .distributed import dist_info
 from .seeding import step_seed
 
 
@@ -83,11 +84,6 @@ class TrainResult:
 
 class CheckpointMismatch(RuntimeError):
     """A checkpoint in run_dir was written by a run with another configuration."""
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _init_distributed(device: str) -> None:

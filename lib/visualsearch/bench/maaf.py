@@ -21,7 +21,9 @@ import time
 import torch
 
 from visualsearch.losses import BatchSoftmaxLoss
-from visualsearch.models.maaf import MAAFConfig, build_model, stage_maps
+from visualsearch.models.blocks import stage_maps
+from visualsearch.models.fusion import build_model
+from visualsearch.models.maaf import MAAFConfig
 from visualsearch.models.text import Vocabulary
 
 SHAPES = {

@@ -1,4 +1,5 @@
-"""Image loading shared by every reader: RGB PIL images, with missing or corrupt files skipped and counted.
+"""Image loading shared by every reader: RGB PIL images, with missing or corrupt files skipped and counted;
+and `ImageStore`, the one container every paper keeps its decoded images in.
 
 An image is checked by decoding it completely, exactly as it will be loaded later (`Image.verify()` alone
 passes a half-written JPEG, whose decode then fails in the middle of a run): a reader that checked its images
@@ -10,6 +11,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import SkipLog
@@ -69,3 +72,52 @@ def check_images(paths, skips: SkipLog, threads: int | None = None) -> list[bool
         if reason is not None:
             skips.add(p, reason)
     return [reason is None for reason in problems]
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+class ImageStore:
+    """The one image container: the images of a split (or of a whole experiment) as uint8 [3, S, S] tensors.
+
+    Why one: every paper needs "the pixels of images i, j, k" cheaply and many times. A store holds them
+    decoded once in memory (`pixels`, uint8 [N, 3, S, S]; the synthetic worlds and small real sets), or decodes
+    the requested ones from their files each time (`decode(i) -> uint8 [3, S, S]`, for sets too large to
+    hold, read in `threads` threads). How an image becomes S x S (crop to a box, centre crop, plain resize) and
+    what an unreadable one becomes is the paper's choice and happens before or inside `decode`; the labels
+    belong to the paper's data classes, indexed like the store.
+    """
+
+    def __init__(self, size: int, pixels: torch.Tensor | None = None, paths=(), decode=None, threads: int = 8):
+        if pixels is None and decode is None:
+            raise ValueError("ImageStore needs its pixels or a decode function")
+        if pixels is not None and (pixels.dtype != torch.uint8 or pixels.dim() != 4):
+            raise ValueError(f"ImageStore pixels must be uint8 [N, 3, S, S], got {pixels.dtype} {tuple(pixels.shape)}")
+        self.size = size                 # side of the square images handed to the models
+        self.pixels = pixels             # uint8 [N, 3, S, S] when held in memory, else None
+        self.paths = list(paths)         # the image files, in store order (may be empty for generated pixels)
+        self.decode = decode             # i -> uint8 [3, S, S], for stores read on request
+        self.threads = threads           # decoding threads of a store read on request
+
+    def __len__(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.paths)
+
+    def get(self, idx) -> torch.Tensor:
+        """uint8 images [B, 3, S, S] of the given indices."""
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self.pixels is not None:
+            return self.pixels[idx]
+        if not len(idx):
+            return torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
+        with ThreadPoolExecutor(self.threads) as pool:
+            return torch.stack(list(pool.map(self.decode, idx.tolist())))
+
+    def subset(self, idx) -> "ImageStore":
+        """The images at `idx`, as a store of their own (in memory when this one is)."""
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        paths = [self.paths[i] for i in idx.tolist()] if self.paths else []
+        if self.pixels is not None:
+            return ImageStore(self.size, self.pixels[idx], paths)
+        return ImageStore(self.size, None, paths, lambda i: self.decode(int(idx[i])), self.threads)

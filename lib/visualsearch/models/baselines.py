@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .maaf import (CompositionModel, FeedForward, MAAFConfig, MultiHeadAttention, ResNetTrunk, TokenProjection,
-                   stage_maps)
-from .text import Vocabulary, build_text_encoder, masked_mean
+from .blocks import FeedForward, MultiHeadAttention, ResNetTrunk, TokenProjection, masked_mean, stage_maps
+from .maaf import CompositionModel, MAAFConfig
+from .text import Vocabulary, build_text_encoder
 
 FUSIONS = ("maaf", "image_only", "text_only", "concat", "add", "tirg", "tirg_lastconv", "cross_attention")
 

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import quiet_hf_loading
-from .maaf import FusionEncoder, TokenProjection
-from .text import Vocabulary, masked_mean
+from .blocks import FusionEncoder, TokenProjection, masked_mean
+from .text import Vocabulary
 
 RAF_WEIGHT = 1.0 / (1.0 + math.exp(5.0))  # sigmoid(-5) = 0.0067, the paper's fixed branch weight
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation

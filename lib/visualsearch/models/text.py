@@ -22,7 +22,6 @@ which is what the attention-map figure labels its rows with.
 """
 from __future__ import annotations
 
-import math
 import string
 from collections import Counter
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..progress import quiet_hf_loading
+from .blocks import FusionEncoder, SinusoidalPositions, last_valid, masked_mean
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -86,18 +86,6 @@ class Vocabulary:
         return ids.to(device), mask.to(device)
 
 
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of tokens [B, L, d] over positions where mask [B, L] is True."""
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-def last_valid(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The token at each sequence's last real position (what TIRG's LSTM text feature is)."""
-    last = mask.long().sum(1).clamp_min(1) - 1
-    return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
-
-
 class _VocabularyEncoder(nn.Module):
     """Shared part of the encoders built on a Vocabulary: word embedding and batching."""
 
@@ -141,30 +129,11 @@ class EmbeddingTextEncoder(_VocabularyEncoder):
         return self.embed(texts)
 
 
-class SinusoidalPositions(nn.Module):
-    """Adds the fixed sin/cos position code of Vaswani et al. to a sequence, then dropout."""
-
-    def __init__(self, dim: int, dropout: float, max_len: int = 5000):
-        super().__init__()
-        position = torch.arange(max_len).unsqueeze(1).float()
-        div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
-        table = torch.zeros(max_len, dim)
-        table[:, 0::2] = torch.sin(position * div)
-        table[:, 1::2] = torch.cos(position * div)[:, : dim // 2]
-        self.register_buffer("table", table, persistent=False)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x, offset: int = 0):
-        return self.dropout(x + self.table[offset:offset + x.shape[1]])
-
-
 class TransformerTextEncoder(_VocabularyEncoder):
     """Embeddings + sinusoidal positions + one pre-LayerNorm Transformer block (1 head, width d)."""
 
     def __init__(self, vocab: Vocabulary, dim: int = 512, dropout: float = 0.1, blocks: int = 1):
         super().__init__(vocab, dim)
-        from .maaf import FusionEncoder  # the same block MAAF fuses with; maaf imports this module
-
         self.positions = SinusoidalPositions(dim, dropout)
         self.encoder = FusionEncoder(dim, heads=1, ff_width=dim, blocks=blocks, dropout=dropout)
 

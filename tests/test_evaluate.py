@@ -166,3 +166,39 @@ def test_a_forked_child_can_retrieve_after_its_parent_did():
     with mp.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_retrieve_in_child, (7, 1)).get(timeout=60)
     assert torch.equal(got, want)
+
+
+def test_embed_batches_normalises_and_keeps_order():
+    from visualsearch.evaluate import embed
+
+    table = torch.randn(23, 5)
+    calls = []
+
+    def fn(idx):
+        calls.append(len(idx))
+        return table[idx] * 3
+
+    out = embed(fn, 23, batch_size=10)
+    assert calls == [10, 10, 3]
+    assert torch.allclose(out, torch.nn.functional.normalize(table, dim=1), atol=1e-6)
+    sub = embed(lambda idx: table[idx], torch.tensor([4, 2, 9]), batch_size=2, normalize=False)
+    assert torch.equal(sub, table[[4, 2, 9]])
+    assert embed(fn, 0).shape[0] == 0
+
+
+def test_search_caps_k_at_the_retrievable_items_and_matches_naive():
+    from visualsearch.evaluate import search
+
+    g = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    q = g[[0, 3]] + 0.01 * torch.randn(2, 4)
+    gl, ql = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1])
+    r = search(q, g, ql, gl, ks=(1, 2, 50))
+    top = naive_topk(q, g, 6)
+    assert r.k_cap == 6 and torch.equal(r.indices, top)
+    assert r.recall[1] == naive_recall(top.tolist(), ql, gl, 1) and r.recall[50] == 1.0
+    assert r.percent() == {f"R@{k}": 100 * v for k, v in r.recall.items()}
+    # exclude one item per query: at most 5 retrievable; a query whose only match is excluded is a miss at every k
+    gl2 = torch.tensor([0, 5, 1, 1, 2, 2])
+    r2 = search(q, g, ql, gl2, ks=(1, 5, 50), exclude=torch.tensor([0, 2]))
+    assert r2.k_cap == 5 and r2.indices.shape[1] == 5 and 0 not in r2.indices[0].tolist()
+    assert r2.recall[50] == 0.5 and r2.recall[5] == 0.5

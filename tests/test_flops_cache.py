@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import torch
 from torch import nn
 
+import visualsearch
 from visualsearch.cache import ResultCache
 from visualsearch.flops import count_flops, fmt_flops
 
@@ -104,16 +107,32 @@ def test_code_version_follows_the_library_modules_in_use():
 
     assert code_version() == code_version()
     versions = {_in_fresh_process(f"import visualsearch.flops{extra}", "code_version()")
-                for extra in ("", ", visualsearch.maaf_experiments")}
+                for extra in ("", ", visualsearch.papers.maaf.experiment")}
     assert len(versions) == 2
 
 
+def test_a_cache_made_for_a_compute_module_keys_on_its_closure_only():
+    """ResultCache(code=module): the version is that module's import closure, whatever else the process has
+    loaded (the notebook's figures and report code), and it changes with any file of the closure."""
+    from visualsearch.cache import code_version, import_closure
+
+    name = "visualsearch.papers.triplet.experiment"
+    versions = {_in_fresh_process(imports, f"code_version({name!r})")
+                for imports in ("import visualsearch.flops", "import visualsearch.report, visualsearch.papers.triplet.figures")}
+    assert len(versions) == 1
+    assert code_version(name) != code_version("visualsearch.papers.maaf.experiment")
+    closure = {f.name for f in import_closure([name], Path(visualsearch.__file__).parent)}
+    assert {"experiment.py", "losses.py", "train.py"} <= closure and "report.py" not in closure
+    with pytest.raises(ValueError, match="no library module named visualsearch.nothing_here"):
+        code_version("visualsearch.nothing_here")
+
+
 def test_code_version_does_not_depend_on_which_lazy_imports_have_run():
-    """face_attributes imports `evaluate` inside a function; whether that function ran (a cache miss) or was
-    skipped (a hit) must not change the version, or every later cached result is recomputed on a rerun."""
-    out = [_in_fresh_process(f"import visualsearch.face_attributes{extra}",
-                             "'visualsearch.evaluate' in sys.modules, code_version()").split()
-           for extra in ("", ", visualsearch.evaluate")]
+    """data/imaterialist.py imports the products world inside a function; whether that function ran (a cache
+    miss) or was skipped (a hit) must not change the version, or every later cached result is recomputed."""
+    out = [_in_fresh_process(f"import visualsearch.data.imaterialist{extra}",
+                             "'visualsearch.data.products' in sys.modules, code_version()").split()
+           for extra in ("", ", visualsearch.data.products")]
     assert out[0][0] == "False" and out[1][0] == "True"  # the lazy module loaded in the second process only
     assert out[0][1] == out[1][1]
 

@@ -90,3 +90,49 @@ def test_bad_input_is_a_clear_error():
         PairBatchSampler([0, 1, 2], 1)
     with pytest.raises(ValueError, match="several categories"):
         PairBatchSampler([0, 0], 1, categories=[0, 1])
+
+
+def test_uniform_batches_draw_from_one_pool_per_step_and_are_pure():
+    from visualsearch.samplers import UniformBatches
+
+    sampler = UniformBatches([5, 40, 7], batch_size=6, seed=3)
+    groups = Counter()
+    for step in range(300):
+        b = sampler(step)
+        groups[b.group] += 1
+        n = [5, 40, 7][b.group]
+        assert len(b.indices) == 6 and b.indices.max() < n
+        if n >= 6:
+            assert len(set(b.indices.tolist())) == 6       # without replacement when the pool is large enough
+    assert set(groups) == {0, 1, 2} and min(groups.values()) > 60   # pools chosen uniformly
+    a, b = sampler(17), UniformBatches([5, 40, 7], batch_size=6, seed=3)(17)
+    assert a.group == b.group and np.array_equal(a.indices, b.indices)
+    assert a.rng.integers(1 << 30) == b.rng.integers(1 << 30)     # the step's stream continues identically
+    assert not np.array_equal(sampler(18).indices, a.indices) or sampler(18).group != a.group
+
+
+def test_uniform_batches_draw_as_the_loops_they_replace():
+    """Byte-for-byte the draws MAAF's and CFQ's batch functions made before they shared this sampler."""
+    from visualsearch.samplers import UniformBatches
+    from visualsearch.seeding import step_seed
+
+    rng = np.random.default_rng(step_seed(9, 4))
+    group = int(rng.integers(2))
+    n = [3, 50][group]
+    expected = rng.choice(n, size=8, replace=n < 8)
+    got = UniformBatches([3, 50], 8, 9)(4)
+    assert got.group == group and np.array_equal(got.indices, expected)
+    rng = np.random.default_rng(step_seed(9, 4))
+    assert np.array_equal(UniformBatches(5, 8, 9, when_short="shrink")(4).indices,
+                          rng.choice(5, size=5, replace=False))
+
+
+def test_uniform_batches_refuse_bad_settings():
+    from visualsearch.samplers import UniformBatches
+
+    with pytest.raises(ValueError, match="when_short"):
+        UniformBatches(5, 2, 0, when_short="pad")
+    with pytest.raises(ValueError, match="at least one item"):
+        UniformBatches([4, 0], 2, 0)
+    with pytest.raises(ValueError, match="smaller than the batch"):
+        UniformBatches(3, 4, 0, when_short="error")

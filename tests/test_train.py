@@ -102,10 +102,49 @@ def test_fingerprint_without_identity_is_unchanged():
 
     c = TrainConfig(steps=5, lr=0.1)
     d = dataclasses.asdict(c)
-    for k in ("checkpoint_every", "log_every", "progress", "desc", "device", "identity"):
+    for k in ("checkpoint_every", "log_every", "progress", "desc", "device", "identity", "schedule",
+              "warmup_fraction"):
         d.pop(k)
     assert c.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert TrainConfig(steps=5, lr=0.1, identity="x").fingerprint() != c.fingerprint()
+
+
+def test_one_cycle_schedule_matches_a_plain_loop_and_resumes(tmp_path):
+    """schedule="one_cycle" is PyTorch's OneCycleLR stepped after every optimizer step (lr and momentum), as a
+    hand-written loop does it; a run stopped mid-way resumes to the same weights."""
+    from visualsearch.seeding import step_seed
+
+    c = cfg(schedule="one_cycle", warmup_fraction=0.2, nesterov=False, lr_milestones=(), checkpoint_every=5)
+    got = train(toy_model(), step_fn, batch_fn, c)
+    model = toy_model()
+    opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=c.steps, pct_start=0.2)
+    lrs = []
+    for step in range(c.steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        torch.manual_seed(step_seed(c.seed, step, stream=1))
+        loss, _ = step_fn(model, batch_fn(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert all(torch.equal(a, b) for a, b in zip(got.model.state_dict().values(), model.state_dict().values()))
+    assert list(got.log["lr"]) == pytest.approx(lrs) and max(lrs) == pytest.approx(c.lr)
+    calls = {"n": 0}
+
+    def dying_step(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return step_fn(m, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_model(), dying_step, batch_fn, c, run_dir=tmp_path)
+    resumed = train(toy_model(), step_fn, batch_fn, c, run_dir=tmp_path)
+    assert resumed.resumed_from == 7
+    assert all(torch.equal(a, b) for a, b in zip(got.model.state_dict().values(), resumed.model.state_dict().values()))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train(toy_model(), step_fn, batch_fn, cfg(schedule="cosine"))
 
 
 def test_step_schedule_and_param_group_scales():

@@ -44,6 +44,9 @@ class TrainConfig:
     adam_eps: float = 1e-8             # Adam epsilon (the CFQ paper uses 1e-4)
     lr_milestones: tuple = ()          # steps at which the learning rate is multiplied by lr_gamma
     lr_gamma: float = 0.1              # factor applied at each milestone
+    schedule: str = "step"             # "step": lr_milestones/lr_gamma; "one_cycle": PyTorch's OneCycleLR (lr rises
+                                       # to `lr` then anneals, SGD momentum cycles 0.95 -> 0.85 -> 0.95), per step
+    warmup_fraction: float = 0.3       # one_cycle: fraction of the steps spent rising to `lr` (OneCycleLR pct_start)
     checkpoint_every: int = 0          # save a checkpoint every N steps (0: only at the end)
     log_every: int = 10                # progress-bar refresh and CSV flush interval, in steps
     seed: int = 0                      # seeds the per-step RNG (dropout, augmentation inside step_fn)
@@ -61,6 +64,9 @@ class TrainConfig:
         d = asdict(self)
         for k in ("checkpoint_every", "log_every", "progress", "desc", "device"):
             d.pop(k)
+        if d["schedule"] == "step":  # the fields of the one-cycle schedule leave step-schedule hashes as they were
+            d.pop("schedule")
+            d.pop("warmup_fraction")
         if not d["identity"]:
             d.pop("identity")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -151,6 +157,11 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     model.to(device)
     optimizer = make_optimizer(model, cfg, param_groups)
+    if cfg.schedule not in ("step", "one_cycle"):
+        raise ValueError(f"unknown schedule '{cfg.schedule}' (valid: step, one_cycle)")
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                     total_steps=cfg.steps, pct_start=cfg.warmup_fraction)
+                 if cfg.schedule == "one_cycle" else None)
     run_dir = Path(run_dir) if run_dir else None
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
     rows: list[dict] = []
@@ -163,6 +174,8 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
                 f"(fingerprint {ckpt['config']}, this run {cfg.fingerprint()}); use another run_dir or delete it")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["schedule"])
         start, rows = ckpt["step"], ckpt["log"]
         if device.type == "cpu" and ckpt.get("threads"):
             # CPU float results depend on the intra-op thread count, which can change during a run (numba
@@ -178,6 +191,7 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
         if ckpt_path is None or rank != 0:
             return
         atomic.torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "schedule": scheduler.state_dict() if scheduler is not None else None,
                            "log": rows, "config": cfg.fingerprint(), "threads": torch.get_num_threads()}, ckpt_path)
         atomic.write_text(run_dir / "log.csv", pd.DataFrame(rows).to_csv(index=False))
 
@@ -193,9 +207,12 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
     bar = progress.bar(total=cfg.steps, initial=start, desc=cfg.desc, unit="step", disable=not cfg.progress)
     try:
         for step in range(start, cfg.steps):
-            lr = lr_at(cfg, step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
+            if scheduler is None:
+                lr = lr_at(cfg, step)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g["lr_scale"]
+            else:
+                lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"]
             torch.manual_seed(step_seed(cfg.seed, step, stream=1))
             batch = batch_fn(step)
             if world > 1:
@@ -212,6 +229,8 @@ def train(model: nn.Module, step_fn: Callable, batch_fn: Callable[[int], Any], c
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, **{k: float(v) for k, v in metrics.items()}}
             rows.append(row)  # the step is complete once the optimizer has stepped
             in_step = False

@@ -70,14 +70,14 @@ overrides = {}        # parameter overrides, validated against configs/cfq_evalu
 # %%
 import torch
 
-from visualsearch import cfq_experiment as cx
-from visualsearch.cache import ResultCache
 from visualsearch.config import load_params
+from visualsearch.papers.cfq import claims, experiment, figures, tables
+from visualsearch.papers.cfq.data import load_data
 from visualsearch.report import Reporter, show
 
 p = load_params("cfq_evaluation", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
 rep = Reporter("cfq_evaluation", p)
-cache = ResultCache()
+cache = experiment.result_cache()
 rep.cache = cache
 if p.threads:
     torch.set_num_threads(p.threads)  # small models: one thread per notebook avoids oversubscribed cores
@@ -113,11 +113,11 @@ if p.threads:
 # Missing or unreadable images are skipped and counted (the counts are in every table's provenance sidecar).
 
 # %%
-exp = cx.CFQExperiment(p, cache)
-d = exp.data
+d = load_data(p)
+exp = experiment.CFQExperiment(p, d, cache)
 for name, description in d.descriptions.items():
     rep.note_data(description, d.fingerprints[name], d.skips.get(name))
-print(f"{len(exp.bank.paths)} images; Fashion IQ-style training pairs {len(d.fiq_train)}; "
+print(f"{len(d.images)} images; Fashion IQ-style training pairs {len(d.fiq_train)}; "
       f"iMFQ pairs {len(d.imfq_train)}; CFQ judged pairs {len(d.cfq_agg)} "
       f"({d.cfq.dropped_judgments} judgments dropped: {d.skips['cfq']})")
 print("iMFQ captions:", sorted({c[0] for c in d.imfq_train.captions})[:12])
@@ -131,7 +131,7 @@ print("iMFQ captions:", sorted({c[0] for c in d.imfq_train.captions})[:12])
 # exactly -2/3 counts as similar). nDCG uses the graded relevance int(3 (acc + sim + 2)) in 0..12.
 
 # %%
-fig = cx.judgment_histogram(d.cfq_agg)
+fig = figures.judgment_histogram(d.cfq_agg)
 rep.figure("judgment_histogram", fig, data=d.descriptions["cfq"])
 
 # %% [markdown]
@@ -159,18 +159,20 @@ print(exp.pretraining_summary())
 
 # %%
 exp.run_all()
-grid = rep.table("experiment_grid", exp.grid_table(), data="; ".join(d.descriptions.values()),
+grid = rep.table("experiment_grid", tables.grid_table(exp.results, d.descriptions),
+                 data="; ".join(d.descriptions.values()),
                  note="Scores in percent. CFQ metrics group judgments by (query image, caption); the released "
                       "code groups by caption text alone (eval.group_by: caption).")
 grid
 
 # %%
-rep.table("cfq_by_threshold", exp.cfq_threshold_table(), data=d.descriptions["cfq"],
+rep.table("cfq_by_threshold", tables.cfq_threshold_table(exp.results, d.descriptions["cfq"]),
+          data=d.descriptions["cfq"],
           note="m_ap / m_auc / rprec: mean over (query, caption) groups with both classes (R-precision: with a "
                "positive) of AP, ROC-AUC and R-precision (as a fraction), at every threshold; weighted over subsets.")
 
 # %%
-fig = cx.training_curves(exp)
+fig = figures.training_curves(exp.pretrain_log, exp.stage_logs())
 rep.figure("training_curves", fig, data="; ".join(d.descriptions.values()))
 
 # %% [markdown]
@@ -181,8 +183,8 @@ rep.figure("training_curves", fig, data="; ".join(d.descriptions.values()))
 # iMFQ then Fashion IQ. Corner squares: mean accuracy (left) and mean similarity (right), red -1 to green +1.
 
 # %%
-fig = cx.figure1(exp, runs=("clip-fiq", "raf-imfq-fiq"), n_queries=p.figure1["queries"], top_k=p.figure1["top_k"],
-                 seed=p.seed)
+fig = figures.figure1(d.cfq_agg, exp.judged_scores(("clip-fiq", "raf-imfq-fiq")), d.cfq.load_image,
+                      n_queries=p.figure1["queries"], top_k=p.figure1["top_k"], seed=p.seed)
 rep.figure("figure1_examples", fig, data=d.descriptions["cfq"])
 
 # %% [markdown]
@@ -197,16 +199,16 @@ rep.figure("figure1_examples", fig, data=d.descriptions["cfq"])
 
 # %%
 exp.run_data_limited()
-limited = exp.data_limited_table()
+limited = tables.data_limited_table(exp.results, exp.limited, p.data_limited["runs"], exp.pair_counts())
 rep.table("data_limited", limited, data=d.descriptions["fashion_iq"] + "; " + d.descriptions["cfq"],
           note="Each run's Fashion IQ stage trained on a share of the FIQ-style training pairs (nested subsets drawn "
                "with the seed; same steps and learning rates); scores in percent, one seed.")
 
 # %%
-fig = cx.data_limited_figure(limited)
+fig = figures.data_limited_figure(limited)
 rep.figure("data_limited", fig, data=d.descriptions["fashion_iq"] + "; " + d.descriptions["cfq"])
 print("pretrained CLIP VA minus the same model from scratch, by FIQ-style training pairs:")
-show(cx.pretraining_margins(limited))
+show(tables.pretraining_margins(limited))
 
 # %% [markdown]
 # **What the sweep showed at the default preset** (not this run's numbers: this notebook at seeds 0 / 1 / 2 via
@@ -236,7 +238,7 @@ show(cx.pretraining_margins(limited))
 # size)"); the committed default run holds the verdicts, in `results/cfq_evaluation/claims.md`.
 
 # %%
-claims = cx.check_claims(exp, rep)
+claims.check_claims(exp.results, exp.limited, p.data_limited["shares"], exp.pair_counts(), rep)
 rep.claims_table()
 
 # %% [markdown]

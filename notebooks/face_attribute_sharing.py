@@ -73,18 +73,18 @@ overrides = {}        # parameter overrides, validated against configs/face_attr
 import pandas as pd
 import torch
 
-from visualsearch import face_attributes as fa, face_report as fr, sharing
-from visualsearch.cache import ResultCache
 from visualsearch.config import load_params
 from visualsearch.data.faces import EMOTIONS, emotion_grid
 from visualsearch.flops import count_flops
+from visualsearch.papers.face import claims, experiment, figures, sharing, tables
+from visualsearch.papers.face.data import ATTRIBUTES, load_data, world_config
 from visualsearch.report import Reporter, context_rows, show
 
 p = load_params("face_attribute_sharing", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
 rep = Reporter("face_attribute_sharing", p)
 if p.threads:
     torch.set_num_threads(p.threads)
-cache = ResultCache()
+cache = experiment.result_cache()
 rep.cache = cache
 
 # %% [markdown]
@@ -110,7 +110,7 @@ rep.cache = cache
 # so it would add a second label scheme to the same table without serving a step of the protocol.)
 
 # %%
-data = fa.load_face_data(p)
+data = load_data(p)
 rep.note_data(data.description, data.fingerprint, data.skips)
 DATA = data.description
 DATASET = "synthetic faces" if data_root is None else "real faces"
@@ -125,8 +125,8 @@ print(f"pretraining: {len(data.pretrain)} images of {data.n_identities} people; 
 
 # %%
 if data_root is None:
-    rows, people = emotion_grid(fa.world_config(p), p.figures.n_grid_identities, size=64)
-    fig = fr.plot_face_grid(rows, list(EMOTIONS), [f"{i.gender}, {i.race[:12]}, {i.base_age:.0f} y" for i in people])
+    rows, people = emotion_grid(world_config(p), p.figures.n_grid_identities, size=64)
+    fig = figures.plot_face_grid(rows, list(EMOTIONS), [f"{i.gender}, {i.race[:12]}, {i.base_age:.0f} y" for i in people])
     rep.figure("faces_identities_by_emotion", fig, data=DATA)
 
 # %% [markdown]
@@ -136,8 +136,8 @@ if data_root is None:
 # nearest-neighbour identity retrieval among the attribute-test images, using the pooled penultimate features.
 
 # %%
-trunk, trunk_info, trunk_key = fa.train_identity_trunk(data, p, cache, device)
-identity, identity_note = fa.identity_table(trunk_info, data, DATASET)
+trunk, trunk_info, trunk_key = experiment.train_identity_trunk(data, p, cache, device)
+identity, identity_note = tables.identity_table(trunk_info, data, DATASET)
 if identity_note:
     print(identity_note)
 rep.table("identity_trunk", identity, data=DATA, note=identity_note)
@@ -150,18 +150,18 @@ rep.table("identity_trunk", identity, data=DATA, note=identity_note)
 # CSV). Age is classified over FairFace's 9 bins; its MAE is in years from the predicted bin's centre.
 
 # %%
-runs_df, runs = fa.run_grid(trunk, trunk_key, data, p, cache, device)
-summary = fa.summarize(runs_df)
-depth_tab = pd.concat([fr.depth_table(summary, DATASET), context_rows("face", "depth_accuracy")], ignore_index=True)
+runs_df, runs = experiment.run_grid(trunk, trunk_key, data, p, cache, device)
+summary = tables.summarize(runs_df)
+depth_tab = pd.concat([tables.depth_table(summary, DATASET), context_rows("face", "depth_accuracy")], ignore_index=True)
 rep.table("accuracy_by_depth", depth_tab, data=DATA,
           note="Paper rows: the paper's per-depth accuracies are not known (not transcribed).")
 
 # %%
-fig = fr.plot_depth_curves(summary)
+fig = figures.plot_depth_curves(summary)
 rep.figure("accuracy_vs_depth", fig, data=DATA)
 
 # %% [markdown]
-# **The claims.** Criteria fixed in `face_attributes.depth_claims` before looking at results: emotion and age
+# **The claims.** Criteria fixed in `papers/face/claims.py` (`depth_claims`) before looking at results: emotion and age
 # must each gain more than the seed spread (the larger max-min range over seeds of the two depths compared)
 # when branching earlier than the head-only layer; gender and ethnicity must each gain less than half of
 # emotion's gain. The right panel above is the capacity control: if accuracy still falls with depth when the
@@ -172,9 +172,8 @@ rep.figure("accuracy_vs_depth", fig, data=DATA)
 # with the trainable parameters of each.
 
 # %%
-for claim, ok, detail, measured in fa.depth_claims(runs_df):
-    rep.check(claim, ok, detail, measured)
-control = fa.control_summary(runs_df)
+claims.check_depth_claims(rep, runs_df)
+control = tables.control_summary(runs_df)
 show(control)
 
 # %% [markdown]
@@ -200,20 +199,20 @@ show(control)
 
 # %%
 S = p.sharing.cost_input_size
-n_classes = {a: len(data.vocab[a]) for a in fa.ATTRIBUTES}
-costs = sharing.part_costs(fa.net_config(p), n_classes, S)
-patterns = sharing.enumerate_patterns(fa.mean_accuracy_table(summary), costs)
+n_classes = {a: len(data.vocab[a]) for a in ATTRIBUTES}
+costs = sharing.part_costs(experiment.net_config(p), n_classes, S)
+patterns = sharing.enumerate_patterns(sharing.mean_accuracy_table(summary), costs)
 front = sharing.pareto_front(patterns, p.sharing.convention)
 chosen = sharing.choose_pattern(patterns, p.sharing.budget, p.sharing.convention)
-named = fa.named_patterns(patterns, summary, p)
-shown = fa.patterns_to_show(patterns, front, chosen, named)
+named = sharing.named_patterns(patterns, summary, p)
+shown = tables.patterns_to_show(patterns, front, chosen, named)
 print("chosen:", chosen["pattern"], f"{chosen['flops'] / 1e9:.3f} GFLOPs = {chosen['macs'] / 1e9:.3f} GMACs")
-rep.table("sharing_patterns", pd.concat([fr.pattern_rows(shown, DATASET, f"{S} px"),
+rep.table("sharing_patterns", pd.concat([tables.pattern_rows(shown, DATASET, f"{S} px"),
                                           context_rows("face", "sharing_patterns")], ignore_index=True),
           data=DATA, note=f"Costs at {S} px input. Shown: the Pareto front, the chosen pattern and the baselines.")
 
 # %%
-fig = fr.plot_pareto(patterns, front, chosen, p.sharing.budget, p.sharing.convention, marks=named)
+fig = figures.plot_pareto(patterns, front, chosen, p.sharing.budget, p.sharing.convention, marks=named)
 rep.figure("flops_vs_accuracy", fig, data=DATA)
 
 # %% [markdown]
@@ -226,30 +225,23 @@ rep.figure("flops_vs_accuracy", fig, data=DATA)
 # default run's verdicts are in `results/face_attribute_sharing/claims.md`.
 
 # %%
-net = fa.build_multihead(trunk, sharing.pattern_of(chosen), runs, data, p.seeds[0])
-one_pass = fa.evaluate_multihead(net, data, device)
+net = experiment.build_multihead(trunk, sharing.pattern_of(chosen), runs, data, p.seeds[0])
+one_pass = experiment.evaluate_multihead(net, data, device)
 counted = count_flops(net, torch.zeros(1, 3, S, S))
 assert counted["flops"] == chosen["flops"], "the search's cost and the built network's cost disagree"
-baselines = fa.baselines_table(summary, patterns, chosen, named, one_pass, counted, DATASET, p)
+baselines = tables.baselines_table(summary, patterns, chosen, named, one_pass, counted, DATASET, p)
 rep.table("chosen_vs_baselines", pd.concat([baselines, context_rows("face", "context")], ignore_index=True),
           data=DATA, note=f"Costs at {S} px. Context rows are other systems' published numbers, not this paper's.")
 
 # %%
-conv = p.sharing.convention
-budget_ok = counted[conv] <= p.sharing.budget
-rep.check("the chosen multi-head network needs at most 1 GFLOP for all four predictions", budget_ok,
-          f"{counted['flops'] / 1e9:.3f} GFLOPs (2 per multiply-add) = {counted['macs'] / 1e9:.3f} G multiply-adds at "
-          f"{S} px; budget {p.sharing.budget / 1e9:g} G applied to {conv}", counted[conv] / 1e9)
-loss = fa.loss_vs_separate(patterns, chosen, p)
-loss_ok = rep.check("the chosen network loses little accuracy against one network per attribute", loss <= 0.02,
-                    f"mean accuracy {chosen['mean_accuracy']:.3f} vs {chosen['mean_accuracy'] + loss:.3f} for separate "
-                    f"networks (loss {loss:+.3f}; criterion: at most 0.02)", loss)
+claims.check_budget(rep, counted, p)
+claims.check_loss_vs_separate(rep, patterns, chosen, p)
 
 # %%
-fig = fr.plot_confusions({a: s["pred"] for a, s in one_pass.items()}, data.test, data.vocab)
+fig = figures.plot_confusions({a: s["pred"] for a, s in one_pass.items()}, data.test, data.vocab)
 rep.figure("confusion_matrices", fig, data=DATA)
-idx = fa.prediction_examples(data, p.figures.n_prediction_faces)
-fig = fr.plot_predictions(data.test.images, {a: s["pred"] for a, s in one_pass.items()}, data.test, data.vocab, idx)
+idx = figures.prediction_examples(data, p.figures.n_prediction_faces)
+fig = figures.plot_predictions(data.test.images.get(idx), {a: s["pred"] for a, s in one_pass.items()}, data.test, data.vocab, idx)
 rep.figure("predictions_grid", fig, data=DATA)
 
 # %% [markdown]

@@ -68,14 +68,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 import pandas as pd
 import torch
 
-from visualsearch import triplet_search as ts
-from visualsearch.cache import ResultCache
 from visualsearch.config import load_params
+from visualsearch.papers.triplet import analysis, claims, experiment, figures, tables
+from visualsearch.papers.triplet.data import data_summary, load_data, lookalike_groups_of
 from visualsearch.report import Reporter, context_rows, show, with_reported
 
 p = load_params("triplet_product_search", preset, overrides, data_root=data_root, device=device, out_dir=out_dir)
 rep = Reporter("triplet_product_search", p)
-cache = ResultCache()
+cache = experiment.result_cache()
 rep.cache = cache
 
 # %% [markdown]
@@ -109,13 +109,13 @@ rep.cache = cache
 # images are used whole, as SOP has no boxes.
 
 # %%
-data = ts.load_data(p)
+data = load_data(p)
 rep.note_data(data.description, data.fingerprint, data.skips)
 print(data.description, "|", data.skips)
-show(ts.data_summary(data))
+show(data_summary(data))
 
 # %%
-fig = ts.fig_example_grid(data.sop_train, data.sop_categories, p.figures.examples_per_category, p.seed)
+fig = figures.fig_example_grid(data.sop_train, data.sop_categories, p.figures.examples_per_category, p.seed)
 rep.figure("world_examples", fig, data.description)
 
 # %% [markdown]
@@ -128,7 +128,7 @@ rep.figure("world_examples", fig, data.description)
 # pooled features of this trunk, L2-normalised, are the **off-the-shelf** baseline.
 
 # %%
-start = ts.trunk_weights(p, data, cache)
+start = experiment.trunk_weights(p, data, cache)
 if start["log"] is not None:
     acc = start["log"].tail(20).filter(like="acc_").mean()
     print("pretraining accuracy (last 20 steps):",
@@ -149,14 +149,14 @@ if start["log"] is not None:
 
 # %%
 ks = list(p.inshop.ks)
-emb = {"off_the_shelf": ts.off_the_shelf(p, data, start, "inshop", cache)}
+emb = {"off_the_shelf": experiment.off_the_shelf(p, data, start, "inshop", cache)}
 runs = {}
 for m in p.inshop.methods:
-    runs[m] = ts.trained_run(p, data, "inshop", ts.run_config(p, method=m), start, cache)
+    runs[m] = experiment.trained_run(p, data, "inshop", experiment.run_config(p, method=m), start, cache)
     emb[m] = runs[m]
-inshop = {m: ts.evaluate_run(data, "inshop", e, ks) for m, e in emb.items()}
-rec = {ts.METHOD_LABELS[m]: r.recall for m, r in inshop.items()}
-df = with_reported(ts.recall_table(rec, data.inshop_name, ks), "triplet")
+inshop = {m: experiment.evaluate_run(data, "inshop", e, ks) for m, e in emb.items()}
+rec = {tables.METHOD_LABELS[m]: r.recall for m, r in inshop.items()}
+df = with_reported(tables.recall_table(rec, data.inshop_name, ks), "triplet")
 rep.table("inshop_recall", df, data.description,
           note=f"{p.train.steps} steps of {p.train.num_pairs} pairs, {p.model.arch} at {p.model.input_size} px.")
 
@@ -174,27 +174,29 @@ rep.table("inshop_context", context_rows("triplet", "inshop_context"), "publishe
 
 # %%
 ql, gl = data.inshop_query.labels, data.inshop_gallery.labels
-curves = {ts.METHOD_LABELS[m]: ts.recall_curve(r, ql, gl, 50) for m, r in inshop.items()}
-rep.figure("inshop_recall_at_k", ts.fig_recall_curves(curves, data.inshop_name), data.description)
-hist = {ts.METHOD_LABELS[m]: ts.similarity_samples(emb[m]["query"], emb[m]["gallery"], ql, gl, p.figures.hist_negatives, p.seed)
+curves = {tables.METHOD_LABELS[m]: analysis.recall_curve(r, ql, gl, 50) for m, r in inshop.items()}
+rep.figure("inshop_recall_at_k", figures.fig_recall_curves(curves, data.inshop_name), data.description)
+hist = {tables.METHOD_LABELS[m]: analysis.similarity_samples(emb[m]["query"], emb[m]["gallery"], ql, gl,
+                                                              p.figures.hist_negatives, p.seed)
         for m in ["off_the_shelf", "random", "batch_hard"] if m in emb}
-rep.figure("inshop_similarity_hist", ts.fig_similarity_hist(hist), data.description)
+rep.figure("inshop_similarity_hist", figures.fig_similarity_hist(hist), data.description)
 
 # %%
 best = "batch_hard" if "batch_hard" in inshop else list(runs)[0]
 r = inshop[best]
 qc, gc = data.inshop_query.categories, data.inshop_gallery.categories
-per_cat = ts.per_category_recall(r, ql, gl, qc, k=min(20, r.k_cap))
+per_cat = analysis.per_category_recall(r, ql, gl, qc, k=min(20, r.k_cap))
 rep.figure("inshop_recall20_per_category",
-           ts.fig_category_bars(per_cat, data.inshop_categories, min(20, r.k_cap), ts.METHOD_LABELS[best]), data.description)
-conf = ts.top1_category_confusion(r, qc, gc, len(data.inshop_categories))
-rep.figure("inshop_top1_category_confusion", ts.fig_confusion(conf, data.inshop_categories, ts.METHOD_LABELS[best]),
+           figures.fig_category_bars(per_cat, data.inshop_categories, min(20, r.k_cap), tables.METHOD_LABELS[best]),
            data.description)
+conf = analysis.top1_category_confusion(r, qc, gc, len(data.inshop_categories))
+rep.figure("inshop_top1_category_confusion",
+           figures.fig_confusion(conf, data.inshop_categories, tables.METHOD_LABELS[best]), data.description)
 rows = torch.randperm(len(ql), generator=torch.Generator().manual_seed(p.seed))[:p.figures.n_examples]
-rep.figure("inshop_retrieval_examples", ts.fig_retrieval_examples(data.inshop_query, data.inshop_gallery, r, rows.tolist()),
-           data.description)
-rep.figure("inshop_training_curves", ts.fig_training_curves({ts.METHOD_LABELS[m]: x["log"] for m, x in runs.items()}),
-           data.description)
+rep.figure("inshop_retrieval_examples",
+           figures.fig_retrieval_examples(data.inshop_query, data.inshop_gallery, r, rows.tolist()), data.description)
+rep.figure("inshop_training_curves",
+           figures.fig_training_curves({tables.METHOD_LABELS[m]: x["log"] for m, x in runs.items()}), data.description)
 
 # %% [markdown]
 # ## SOP style: batches from one category
@@ -209,14 +211,14 @@ rep.figure("inshop_training_curves", ts.fig_training_curves({ts.METHOD_LABELS[m]
 sks = list(p.sop.ks)
 sop_runs = {}
 for prob in p.sop.single_category_probs:
-    cfg = ts.run_config(p, method=p.sop.method, single_category_prob=float(prob))
-    sop_runs[prob] = ts.trained_run(p, data, "sop", cfg, start, cache, p.sop.eval_every, p.sop.eval_products)
-sop = {prob: ts.evaluate_run(data, "sop", e, sks) for prob, e in sop_runs.items()}
-sop_off = ts.evaluate_run(data, "sop", ts.off_the_shelf(p, data, start, "sop", cache), sks)
+    cfg = experiment.run_config(p, method=p.sop.method, single_category_prob=float(prob))
+    sop_runs[prob] = experiment.trained_run(p, data, "sop", cfg, start, cache, p.sop.eval_every, p.sop.eval_products)
+sop = {prob: experiment.evaluate_run(data, "sop", e, sks) for prob, e in sop_runs.items()}
+sop_off = experiment.evaluate_run(data, "sop", experiment.off_the_shelf(p, data, start, "sop", cache), sks)
 label = lambda prob: f"single-category p={prob:g}" + (" (paper)" if prob == 0.8 else "")
-rec = {ts.METHOD_LABELS["off_the_shelf"]: sop_off.recall, **{label(k): r.recall for k, r in sop.items()}}
+rec = {tables.METHOD_LABELS["off_the_shelf"]: sop_off.recall, **{label(k): r.recall for k, r in sop.items()}}
 k_cap = sop_off.k_cap
-df = with_reported(ts.recall_table(rec, data.sop_name, sks, k_cap), "triplet")
+df = with_reported(tables.recall_table(rec, data.sop_name, sks, k_cap), "triplet")
 rep.table("sop_recall", df, data.description,
           note=f"Recall@k for k above {k_cap} (the number of retrievable images) is evaluated at k = {k_cap}.")
 
@@ -227,8 +229,8 @@ rep.table("sop_context", context_rows("triplet", "sop_context"), "published numb
 # %%
 steps_curves = {label(k): x["log"].dropna(subset=["R@1"])[["step", "R@1"]] for k, x in sop_runs.items() if "R@1" in x["log"]}
 if steps_curves:
-    rep.figure("sop_recall1_vs_steps", ts.fig_recall_vs_steps(steps_curves), data.description)
-rep.figure("sop_training_curves", ts.fig_training_curves({label(k): x["log"] for k, x in sop_runs.items()}),
+    rep.figure("sop_recall1_vs_steps", figures.fig_recall_vs_steps(steps_curves), data.description)
+rep.figure("sop_training_curves", figures.fig_training_curves({label(k): x["log"] for k, x in sop_runs.items()}),
            data.description)
 
 # %% [markdown]
@@ -239,11 +241,11 @@ rep.figure("sop_training_curves", ts.fig_training_curves({label(k): x["log"] for
 # **same category**, or **another category**. Single-category batches should shrink the first kind.
 
 # %%
-sg = ts.lookalike_groups_of(data, data.sop_test)
+sg = lookalike_groups_of(data, data.sop_test)
 if sg is not None:
     tl, tc = data.sop_test.labels, data.sop_test.categories
-    rows = [{"method": "off-the-shelf features", **ts.error_breakdown(sop_off, tl, tl, sg, sg, tc, tc)}]
-    rows += [{"method": label(k), **ts.error_breakdown(r, tl, tl, sg, sg, tc, tc)} for k, r in sop.items()]
+    rows = [{"method": "off-the-shelf features", **analysis.error_breakdown(sop_off, tl, tl, sg, sg, tc, tc)}]
+    rows += [{"method": label(k), **analysis.error_breakdown(r, tl, tl, sg, sg, tc, tc)} for k, r in sop.items()]
     errors = pd.DataFrame(rows)
     tidy = errors.melt(id_vars="method", var_name="metric", value_name="reproduced").assign(dataset=data.sop_name)
     rep.table("sop_error_sources", tidy, data.description,
@@ -262,18 +264,7 @@ if sg is not None:
 # in `results/triplet_product_search/claims.md`.
 
 # %%
-def check(claim, retrieval_a, retrieval_b, ql, gl, extra=""):
-    ha, hb = ts.hits_at_1(retrieval_a, ql, gl), ts.hits_at_1(retrieval_b, ql, gl)
-    diff, lo, hi = ts.bootstrap_difference(ha, hb, ql, seed=p.seed)
-    rep.check(claim, lo > 0, ts.claim_detail(float(ha.mean()), float(hb.mean()), lo, hi) + extra, diff)
-
-if "batch_hard" in inshop and "random" in inshop:
-    for other, name in (("random", "random triplets"), ("off_the_shelf", "off-the-shelf features")):
-        check(f"online batch-hard negatives beat {name} (In-shop R@1)", inshop["batch_hard"], inshop[other], ql, gl)
-if 0.8 in sop and 0.0 in sop:
-    tl = data.sop_test.labels
-    check("single-category batches (p=0.8) beat mixed batches (p=0) (SOP R@1)", sop[0.8], sop[0.0], tl, tl,
-          f"; after {p.train.steps} steps")
+claims.check_claims(rep, p, data, inshop, sop)
 rep.claims_table()
 
 # %% [markdown]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from visualsearch.cfq_experiment import RUN_LABELS
+from visualsearch.papers.cfq.tables import RUN_LABELS
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 

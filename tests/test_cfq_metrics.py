@@ -235,3 +235,16 @@ def test_whole_pipeline_matches_a_naive_sklearn_loop():
           for _, g in agg[agg.subset == "broad"].groupby(["query_hash", "caption"])
           if len(g) > 1 and g.relevance.sum() > 0]
     assert res.value("linear_ndcg", "relevance", "broad") == pytest.approx(np.mean(nd))
+
+
+def test_imat_retrieval_metrics_against_sklearn():
+    rng = np.random.default_rng(0)
+    gallery = [frozenset(s) for s in ([1], [1, 2], [2], [1, 3], [1, 2])]
+    targets = [[1, 2], [2], [1, 3]]
+    scores = rng.normal(size=(3, 5))
+    m = cm.imat_retrieval_metrics(scores, targets, gallery)
+    correct = np.array([[g == frozenset(t) for g in gallery] for t in targets])
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(correct.ravel(), scores.ravel()))
+    assert m["mAP"] == pytest.approx(np.mean([average_precision_score(c, s) for c, s in zip(correct, scores)]))
+    with pytest.raises(ValueError, match="target label set"):
+        cm.imat_retrieval_metrics(scores, [[7], [2], [1]], gallery)

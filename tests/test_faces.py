@@ -3,7 +3,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from visualsearch.data.errors import SkipLog
 from visualsearch.data.face_readers import read_fairface, read_identity_folders

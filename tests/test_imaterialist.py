@@ -1,11 +1,9 @@
-"""iMaterialist-style weak supervision: caption rules, neighbour rule, reader, retrieval evaluation."""
-import itertools
+"""iMaterialist-style weak supervision: caption rules, neighbour rule, reader, evaluation queries."""
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from visualsearch.data import imaterialist as im
 from visualsearch.data.errors import DataFormatError, SkipLog
@@ -112,19 +110,6 @@ def test_reader_errors_name_the_problem(tmp_path):
     (root / "imat2018_label_map.tsv").write_text("id\tname\n1\tRed\n")
     with pytest.raises(DataFormatError, match="line 1.*labelId<TAB>labelName"):
         im.read_imat(root)
-
-
-def test_retrieval_metrics_against_sklearn():
-    rng = np.random.default_rng(0)
-    gallery = [frozenset(s) for s in ([1], [1, 2], [2], [1, 3], [1, 2])]
-    targets = [[1, 2], [2], [1, 3]]
-    scores = rng.normal(size=(3, 5))
-    m = im.retrieval_metrics(scores, targets, gallery)
-    correct = np.array([[g == frozenset(t) for g in gallery] for t in targets])
-    assert m["roc_auc"] == pytest.approx(roc_auc_score(correct.ravel(), scores.ravel()))
-    assert m["mAP"] == pytest.approx(np.mean([average_precision_score(c, s) for c, s in zip(correct, scores)]))
-    with pytest.raises(ValueError, match="target label set"):
-        im.retrieval_metrics(scores, [[7], [2], [1]], gallery)
 
 
 def test_synthetic_world_in_the_released_layout(tmp_path):

@@ -54,7 +54,7 @@ def write_cfq_data_root(root: Path) -> dict:
 
 
 def test_cfq_paper_preset_on_the_published_layouts(tmp_path):
-    from test_cfq_experiment import _trained_looking_clip
+    from test_papers_cfq import _trained_looking_clip
 
     data = tmp_path / "data"
     damaged = write_cfq_data_root(data)

@@ -17,6 +17,9 @@ scikit-learn and hand-computed cases:
 4. `primary_metrics`: the paper's three headline numbers: accurate mAP (label `accurate_0`), similar mAP
    (label `similar_-2/3`), linear nDCG, all on the weighted average over subsets.
 
+The same paper scores its iMaterialist-style weak-supervision retrieval with the same ROC-AUC and AP:
+`imat_retrieval_metrics` (the released evaluation: correct = exactly the target's label set).
+
 Differences from the released code (yahoo/maaf, src/maaf/datasets/cfq.py), each deliberate and stated:
 - Groups are (query image, caption) by default. The released code groups by caption text alone, which merges
   different query images that share a caption; `group_by="caption"` reproduces that.
@@ -325,3 +328,24 @@ def cosine_scores(agg: pd.DataFrame, query_embeddings: dict, catalog_embeddings:
         qe, ce = np.asarray(qe, dtype=float), np.asarray(ce, dtype=float)
         out[i] = float(qe @ ce / (np.linalg.norm(qe) * np.linalg.norm(ce) + 1e-12))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# iMaterialist-style weak-supervision retrieval (data.imaterialist), scored as the released code scores it.
+
+def imat_retrieval_metrics(scores: np.ndarray, target_labels: list, gallery_labels: list) -> dict:
+    """ROC-AUC over all query x gallery pairs and mAP over queries; a gallery image is correct for a query
+    when its label set equals the query's target's (the released evaluation). `scores` [Q, G]."""
+    scores = np.asarray(scores, dtype=float)
+    gallery = [frozenset(g) for g in gallery_labels]
+    correct = np.array([[g == frozenset(t) for g in gallery] for t in target_labels], dtype=bool)
+    if correct.shape != scores.shape:
+        raise ValueError(f"scores {scores.shape} but {correct.shape} (queries, gallery) labels")
+    if not correct.any(axis=1).all():
+        raise ValueError("every query's target label set must occur in the gallery")
+    roc = float(roc_auc_columns(scores.reshape(-1), correct.reshape(-1, 1))[0])
+    aps = [average_precision_columns(scores[i], correct[i][:, None])[0] for i in range(len(scores))]
+    aps = np.array(aps)
+    # a query whose every gallery item is correct has AP 1 (scikit-learn's value; undefined as a ranking)
+    aps[correct.all(axis=1)] = 1.0
+    return {"roc_auc": roc, "mAP": float(np.mean(aps)), "n_queries": len(scores), "n_gallery": len(gallery)}

@@ -56,7 +56,10 @@ def main():
             log({"event": "world", "name": name, "build_s": round(dt, 1)})
     import torch
     torch.set_num_threads(8)
-    from visualsearch import triplet_search as T
+    from visualsearch.evaluate import search
+    from visualsearch.papers.triplet import analysis
+    from visualsearch.papers.triplet import experiment as T
+    from visualsearch.papers.triplet.data import attribute_targets, load_images
     from visualsearch.data.products import read_attributes
     from visualsearch.data.retail import read_inshop, read_sop
 
@@ -75,7 +78,7 @@ def main():
 
     # --- paper shape throughput on a synthetic world rendered at 224 px
     b = read_sop(folders["paper_shape"])
-    tr = T.load_imageset(b.train, PAPER_WORLD["image_size"], use_boxes=False)
+    tr = load_images(b.train, PAPER_WORLD["image_size"], use_boxes=False)
     stamps = []
 
     def stamp(m, s):
@@ -107,21 +110,21 @@ def main():
         grp = att.set_index("product_id").group
         b = read_sop(folder)
         size = 64 if not TINY else 64
-        tr = T.load_imageset(b.train, size, use_boxes=False)
-        q = T.load_imageset(b.query, size, use_boxes=False)
-        tr.images, q.images = tr.images.to(dev), q.images.to(dev)
+        tr = load_images(b.train, size, use_boxes=False)
+        q = load_images(b.query, size, use_boxes=False)
+        tr.store.pixels, q.store.pixels = tr.store.pixels.to(dev), q.store.pixels.to(dev)
         pid = lambda s: int(s.rsplit("_", 1)[1])
         qg = torch.tensor([grp[pid(s)] for s in q.item_ids])
         t = time.time()
-        targets = T.attribute_targets(tr.item_ids, att)
+        targets = attribute_targets(tr.item_ids, att)
         pre = T.pretrain_trunk(tr, targets, steps=8 if TINY else 500, batch_size=128, lr=1e-3, device=dev)
         acc = pre["log"].tail(50)[[c for c in pre["log"] if c.startswith("acc_")]].mean().round(3).to_dict()
         log({"event": "pretrain", "world": name, "s": round(time.time() - t, 1), **acc})
 
         def evaluate(model, feats=False):
-            e = T.embed(model, q, features=feats, device=dev)
-            r = T.evaluate_retrieval(e, e, q.labels, q.labels, (1, 10), True)
-            eb = T.error_breakdown(r, q.labels, q.labels, qg, qg, q.categories, q.categories)
+            e = T.embed_images(model, q, features=feats, device=dev)
+            r = search(e, e, q.labels, q.labels, (1, 10), exclude="self")
+            eb = analysis.error_breakdown(r, q.labels, q.labels, qg, qg, q.categories, q.categories)
             return {"R@1": round(r.recall[1], 4), "R@10": round(r.recall[10], 4), **{k: round(v, 3) for k, v in eb.items()}}
 
         m0 = T.build_model(T.RunConfig(), pre["trunk"]).to(dev)

@@ -32,7 +32,10 @@ def log(rec):
 
 def main():
     import torch
-    from visualsearch import triplet_search as T
+    from visualsearch.evaluate import search
+    from visualsearch.papers.triplet import analysis
+    from visualsearch.papers.triplet import experiment as T
+    from visualsearch.papers.triplet.data import attribute_targets, load_images
     from visualsearch.data.products import ProductsWorldConfig, products_world, read_attributes
     from visualsearch.data.retail import read_inshop, read_sop
 
@@ -47,26 +50,26 @@ def main():
     for name, split, boxes in (("sop_train", sop.train, False), ("sop_test", sop.query, False),
                                ("in_train", ins.train, True), ("in_query", ins.query, True),
                                ("in_gallery", ins.gallery, True)):
-        s = T.load_imageset(split, size, use_boxes=boxes)
-        s.images = s.images.to(dev)
+        s = load_images(split, size, use_boxes=boxes)
+        s.store.pixels = s.store.pixels.to(dev)
         sets[name] = s
     att = read_attributes(folder)
     grp = att.set_index("product_id").group
     tg = torch.tensor([grp[int(s.rsplit("_", 1)[1])] for s in sets["sop_test"].item_ids])
-    targets = T.attribute_targets(sets["sop_train"].item_ids, att)
+    targets = attribute_targets(sets["sop_train"].item_ids, att)
     test = sets["sop_test"]
 
     def ev_sop(model, feats=False):
-        e = T.embed(model, test, features=feats, device=dev)
-        r = T.evaluate_retrieval(e, e, test.labels, test.labels, (1, 10), True)
-        eb = T.error_breakdown(r, test.labels, test.labels, tg, tg, test.categories, test.categories)
+        e = T.embed_images(model, test, features=feats, device=dev)
+        r = search(e, e, test.labels, test.labels, (1, 10), exclude="self")
+        eb = analysis.error_breakdown(r, test.labels, test.labels, tg, tg, test.categories, test.categories)
         return {"R@1": round(r.recall[1], 4), "R@10": round(r.recall[10], 4),
                 "lookalike": round(eb["lookalike"], 3), "other_category": round(eb["other_category"], 3)}
 
     def ev_in(model, feats=False):
-        q = T.embed(model, sets["in_query"], features=feats, device=dev)
-        g = T.embed(model, sets["in_gallery"], features=feats, device=dev)
-        r = T.evaluate_retrieval(q, g, sets["in_query"].labels, sets["in_gallery"].labels, (1, 10, 20))
+        q = T.embed_images(model, sets["in_query"], features=feats, device=dev)
+        g = T.embed_images(model, sets["in_gallery"], features=feats, device=dev)
+        r = search(q, g, sets["in_query"].labels, sets["in_gallery"].labels, (1, 10, 20))
         return {f"R@{k}": round(v, 4) for k, v in r.recall.items()}
 
     pres = {"pre_default": (250, 64), "pre_strong": (500, 128)}

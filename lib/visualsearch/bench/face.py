@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from ..config import load_params, repo_root
-from ..face_attributes import ATTRIBUTES, net_config
 from ..flops import count_flops
 from ..models.face import FaceTrunk, MultiHeadFaceNet, make_branch
+from ..papers.face.data import ATTRIBUTES
+from ..papers.face.experiment import net_config
 
 N_CLASSES = {"age": 9, "gender": 2, "ethnicity": 7, "emotion": 5}
 FALLBACK_PATTERN = "age@1 gender@4 ethnicity@4 emotion@1"

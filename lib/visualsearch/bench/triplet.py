@@ -73,14 +73,15 @@ def time_losses(device="cpu", reps: int = 200, pairs: int = 64, dim: int = 512) 
 
 def time_training(shape: str, device="cpu", steps: int = 20, warmup: int = 3, n_images: int = 2048) -> dict:
     """Images/s of train_embedding's step at a shape, measured over `steps` after `warmup` steps."""
-    from visualsearch.train import TrainConfig, train
-    from visualsearch.triplet_search import ImageSet, RunConfig, train_embedding
+    from visualsearch.data.images import ImageStore
+    from visualsearch.papers.triplet.data import ProductImages
+    from visualsearch.papers.triplet.experiment import RunConfig, train_embedding
 
     arch, size, pairs = SHAPES[shape]
     g = torch.Generator().manual_seed(0)
     n = max(n_images, 4 * pairs)
-    images = ImageSet(labels=torch.arange(n) // 2, categories=torch.arange(n) // 2 % 12, size=size,
-                      images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g))
+    images = ProductImages(ImageStore(size, torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)),
+                           labels=torch.arange(n) // 2, categories=torch.arange(n) // 2 % 12)
     stamps = []
 
     def eval_fn(model, step):

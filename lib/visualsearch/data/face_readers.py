@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .errors import DataFormatError, SkipLog, require_dir, require_file
-from .faces import AGE_BINS, GENDERS, RACES, age_bin
+from .face_labels import AGE_BINS, GENDERS, RACES, age_bin
 from .images import check_images, load_image
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprised", "neutral")  # FER2013 label order 0..6

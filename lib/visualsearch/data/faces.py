@@ -43,11 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .face_labels import AGE_BIN_EDGES, AGE_BINS, GENDERS, RACES, age_bin  # noqa: F401  (the world's vocabulary)
+
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
-GENDERS = ("Male", "Female")
-RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
-AGE_BINS = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
-AGE_BIN_EDGES = (0, 3, 10, 20, 30, 40, 50, 60, 70, 86)  # [lo, hi) years of each bin; the last bin drawn up to 85
 HAIR_STYLES = ("short", "fringe", "side_part", "long", "curly", "bun", "bald")
 
 
@@ -135,14 +133,6 @@ class Photo:
     bg_color: tuple
     clothes_shade: float
     noise_seed: int
-
-
-def age_bin(age_years: float) -> int:
-    """Index into AGE_BINS of an age in years (FairFace's bins; 70 and over is the last)."""
-    for i in range(len(AGE_BINS) - 1):
-        if age_years < AGE_BIN_EDGES[i + 1]:
-            return i
-    return len(AGE_BINS) - 1
 
 
 def _clip01(c):

@@ -3,9 +3,9 @@
 Why: the CFQ paper shows that captions made mechanically from attribute-label differences between similar
 images are a useful domain-specific pretraining signal on top of generic image-text pretraining. This module
 reads iMaterialist Fashion 2018 style labels, pairs each image with "neighbours" whose label sets differ
-slightly, writes a caption from the difference by the released code's rules, and evaluates retrieval on such
-pairs as the released code does (ROC-AUC over all query x gallery pairs, and mAP; correct = exactly the same
-label set as the target).
+slightly, writes a caption from the difference by the released code's rules, and draws the evaluation queries
+and gallery of the released code (scored by `cfq_metrics.imat_retrieval_metrics`: ROC-AUC over all query x
+gallery pairs, and mAP; correct = exactly the same label set as the target).
 
 Formats read:
 - annotations `{split}.json`: iMaterialist 2018 (`{"annotations": [{"imageId": "1", "labelId": ["95", ...]}],
@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cfq_metrics import average_precision_columns, roc_auc_columns
 from .errors import DataFormatError, SkipLog, require_file
 
 # --- curated phrases of the released code (src/maaf/datasets/imat_fashion.py), keyed by iMaterialist names.
@@ -315,24 +314,6 @@ def evaluation_queries(split: IMatSplit, seed: int = 271828, max_queries: int | 
 def evaluation_gallery(queries: pd.DataFrame) -> list[int]:
     """The gallery of the released evaluation: every query's reference image, then targets not yet in it."""
     return list(dict.fromkeys([*queries["reference"].tolist(), *queries["target"].tolist()]))
-
-
-def retrieval_metrics(scores: np.ndarray, target_labels: list, gallery_labels: list) -> dict:
-    """ROC-AUC over all query x gallery pairs and mAP over queries; a gallery image is correct for a query
-    when its label set equals the query's target's (the released evaluation). `scores` [Q, G]."""
-    scores = np.asarray(scores, dtype=float)
-    gallery = [frozenset(g) for g in gallery_labels]
-    correct = np.array([[g == frozenset(t) for g in gallery] for t in target_labels], dtype=bool)
-    if correct.shape != scores.shape:
-        raise ValueError(f"scores {scores.shape} but {correct.shape} (queries, gallery) labels")
-    if not correct.any(axis=1).all():
-        raise ValueError("every query's target label set must occur in the gallery")
-    roc = float(roc_auc_columns(scores.reshape(-1), correct.reshape(-1, 1))[0])
-    aps = [average_precision_columns(scores[i], correct[i][:, None])[0] for i in range(len(scores))]
-    aps = np.array(aps)
-    # a query whose every gallery item is correct has AP 1 (scikit-learn's value; undefined as a ranking)
-    aps[correct.all(axis=1)] = 1.0
-    return {"roc_auc": roc, "mAP": float(np.mean(aps)), "n_queries": len(scores), "n_gallery": len(gallery)}
 
 
 # ====================================================================================== synthetic iMaterialist

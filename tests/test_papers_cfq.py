@@ -1,37 +1,44 @@
-"""Pieces of the CFQ experiment: image bank, pretraining captions, pure batches, stored state, claim logic."""
+"""The CFQ paper's home (visualsearch.papers.cfq): image index and store, pretraining captions, pure batches,
+stored state, claim logic, the paper preset's settings and local CLIP, resumable stages, tables and figures."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from visualsearch import cfq_experiment as cx
+from visualsearch import cfq_metrics as cm
+from visualsearch.data.images import ImageStore
 from visualsearch.models import clip as C
-from visualsearch.models.text import Vocabulary
+from visualsearch.papers.cfq import claims, data as cd, experiment as cx, figures, tables
 
 
-def test_image_bank_dedupes_normalises_and_counts_unreadable(tmp_path):
+def test_image_index_dedupes_normalises_and_counts_unreadable(tmp_path):
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
     Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "b.png")
-    bank = cx.ImageBank(8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    assert bank.add([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "a.png"]) == [0, 1, 0]
-    assert bank.add([tmp_path / "gone.png"]) == [2]
-    x = bank.pixels([0, 1, 2])
+    images = cd.ImageIndex(8)
+    assert images.add([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "a.png"]) == [0, 1, 0]
+    assert images.add([tmp_path / "gone.png"]) == [2]
+    x = cx.Pixels(images, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))([0, 1, 2])
     assert x.shape == (3, 3, 8, 8)
     assert torch.allclose(x[0, 0], torch.ones(8, 8)) and torch.allclose(x[0, 2], -torch.ones(8, 8))
     assert torch.allclose(x[1, 2], torch.ones(8, 8))  # resized 16 -> 8, still blue
-    assert bank.skips.reasons["missing image"] == 1
+    assert images.skips.reasons["missing image"] == 1
+    store = images.store()
+    assert isinstance(store, ImageStore) and store.pixels.dtype == torch.uint8 and len(store) == 3
+    assert store is images.store() and store.pixels[2].eq(0).all()  # decoded once; the unreadable one black
     with pytest.raises(RuntimeError, match="after the images were loaded"):
-        bank.add([tmp_path / "new.png"])
-    lazy = cx.ImageBank(8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), preload_limit=1)
+        images.add([tmp_path / "new.png"])
+    lazy = cd.ImageIndex(8, preload_limit=1)
     lazy.add([tmp_path / "a.png", tmp_path / "b.png"])
-    assert torch.equal(lazy.pixels([1, 0]), x[[1, 0]]) and lazy._pixels is None  # decoded per request
+    pixels = cx.Pixels(lazy, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert torch.equal(pixels([1, 0]), x[[1, 0]]) and lazy.store().pixels is None  # decoded per request
 
 
 def test_attribute_caption_phrases():
     row = {"colour": "blue", "pattern": "stripes", "category": "dress", "sleeve": "long", "length": "knee",
            "neckline": "v", "buttons": 3, "trim_colour": "white", "logo_shape": "star", "logo_colour": "red"}
     rng = np.random.default_rng(0)
-    captions = {cx.attribute_caption(row, rng) for _ in range(200)}
+    captions = {cd.attribute_caption(row, rng) for _ in range(200)}
     assert all(c.startswith("a blue striped dress") for c in captions)
     phrases = set().union(*(C.caption_phrases(c) for c in captions))
     assert {"with long sleeves", "knee length", "with a v-neck", "with 3 buttons", "with a white trim",
@@ -39,7 +46,7 @@ def test_attribute_caption_phrases():
 
 
 def test_composed_batches_are_pure_functions_of_the_step():
-    pairs = cx.PairSet(np.arange(10), np.arange(10) + 10, [[f"cap {i}", f"alt {i}"] for i in range(10)])
+    pairs = cd.PairSet(np.arange(10), np.arange(10) + 10, [[f"cap {i}", f"alt {i}"] for i in range(10)])
     feats = {"map": torch.arange(20.0).view(20, 1, 1, 1)}
     fn = cx.composed_batches(pairs, cx.ImageInputs(None, feats), batch_size=4, seed=3)
     a, b, c = fn(5), fn(5), fn(6)
@@ -57,20 +64,25 @@ def test_stored_state_leaves_out_the_frozen_minilm():
     assert sum(v.numel() for v in state.values()) < 2_000_000  # MiniLM alone has 22M
 
 
+def _result(numbers):
+    """A run's result as far as the headline numbers go: (FIQ (R@10+R@50)/2, accurate mAP, similar mAP, nDCG)."""
+    fiq, accurate, similar, ndcg = numbers
+    return {"fiq": {"(R@10+R@50)/2": fiq},
+            "cfq_primary": {"accurate mAP": accurate, "similar mAP": similar, "nDCG": ndcg}}
+
+
 class _Results:
-    """The part of CFQExperiment that `compare` and `check_claims` read: full-data numbers per run and,
-    optionally, numbers per (run, share) of the data-limited sweep."""
+    """What `claims.check_claims` reads of a CFQExperiment: full-data results per run and, optionally, results
+    per (run, share) of the data-limited sweep, its shares and the training pairs at each (of 600)."""
 
     def __init__(self, numbers, limited=None):
-        self.results = {r: {"numbers": v} for r, v in numbers.items()}
-        self.limited = {key: {"numbers": v} for key, v in (limited or {}).items()}
-        self.p = {"data_limited": {"shares": sorted({share for _, share in self.limited})}}
+        self.results = {r: _result(v) for r, v in numbers.items()}
+        self.limited = {key: _result(v) for key, v in (limited or {}).items()}
+        self.shares = sorted({share for _, share in self.limited})
+        self.pair_counts = {share: round(600 * share) for share in (1.0, *self.shares)}
 
-    def headline(self, run, res=None):
-        return dict(zip(cx.HEADLINE, (self.results[run] if res is None else res)["numbers"]))
-
-    def fiq_pairs(self, share):
-        return range(round(600 * share))
+    def check(self, rep):
+        return claims.check_claims(self.results, self.limited, self.shares, self.pair_counts, rep)
 
 
 class _Rep:
@@ -86,7 +98,7 @@ def test_claims_need_every_headline_number():
                "clip-imfq-fiq": (55, 61, 71, 81), "raf-fiq": (52, 62, 72, 82), "raf-imfq-fiq": (53, 62, 71, 83),
                "af-fiq": (51, 61, 70, 80)}
     rep = _Rep()
-    out = cx.check_claims(_Results(numbers), rep)
+    out = _Results(numbers).check(rep)
     assert [c["passed"] for c in out] == [True, False, True]  # raf-imfq-fiq loses similar mAP (71 < 72)
     assert "(-1.0)" in out[1]["detail"] and "(+10.0)" in out[0]["detail"]
     assert len(rep.checks) == 3
@@ -99,7 +111,7 @@ def test_scarce_data_claims_need_every_share():
     limited = {("clip-fiq", 0.25): (40, 60, 70, 80), ("scratch-fiq", 0.25): (30, 50, 60, 70),
                ("clip-fiq", 0.5): (45, 60, 70, 80), ("scratch-fiq", 0.5): (44, 59, 71, 79)}
     rep = _Rep()
-    out = cx.check_claims(_Results(numbers, limited), rep)
+    out = _Results(numbers, limited).check(rep)
     by_claim = {c["claim"]: c for c in out}
     assert not by_claim["Multimodal pretraining helps over none (CLIP VA + FIQ beats the same model trained on FIQ "
                         "from scratch)"]["passed"]                    # FIQ recall 50 < 55 on the full data
@@ -108,7 +120,7 @@ def test_scarce_data_claims_need_every_share():
     assert not scarce[0]["passed"]                                    # similar mAP 70 < 71 on 300 pairs
     assert "on 150 FIQ pairs" in scarce[0]["detail"] and "on 300 FIQ pairs" in scarce[0]["detail"]
     limited[("scratch-fiq", 0.5)] = (44, 59, 69, 79)
-    out = cx.check_claims(_Results(numbers, limited), _Rep())
+    out = _Results(numbers, limited).check(_Rep())
     assert [c["passed"] for c in out if c["claim"].startswith("With scarce")] == [True]
 
 
@@ -138,10 +150,8 @@ def _paper_params(clip, **model):
 def test_no_pretraining_arm_is_untrained_on_a_local_clip(tmp_path):
     """scratch-fiq is the local CLIP's architecture with a random initialisation: none of its starting weights is
     the pretrained CLIP's, while the pretrained arms start from exactly those."""
-    from visualsearch.cache import ResultCache
-
     saved = _trained_looking_clip(tmp_path / "clip")
-    exp = cx.CFQExperiment.models_only(_paper_params(tmp_path / "clip"), ResultCache(tmp_path / "results"))
+    exp = cx.CFQExperiment.models_only(_paper_params(tmp_path / "clip"), cx.result_cache(tmp_path / "results"))
     scratch = exp.build("scratch-fiq")[0].clip.state_dict()
     pretrained = exp.build("clip-fiq")[0].clip.state_dict()
     reference = saved.state_dict()
@@ -172,10 +182,9 @@ def test_no_pretraining_arm_is_untrained_on_a_local_clip(tmp_path):
 
 
 def test_no_pretraining_arm_on_the_embedded_default_never_reads_pretrained_weights(monkeypatch, tmp_path):
-    from visualsearch.cache import ResultCache
     from visualsearch.config import load_params
 
-    exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), ResultCache(tmp_path / "results"))
+    exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), cx.result_cache(tmp_path / "results"))
 
     def forbidden():
         raise AssertionError("the no-pretraining arm asked for the pretrained weights")
@@ -192,28 +201,26 @@ def test_settings_the_paper_preset_needs_are_named_before_any_work(tmp_path):
     (tmp_path / "data" / "cfq").mkdir(parents=True)
     (tmp_path / "data" / "cfq" / "judgments.tsv").write_text("subset\n")
     p = load_params("cfq_evaluation", "paper", data_root=tmp_path / "data")
-    with pytest.raises(cx.SettingsError) as e:
-        cx.CFQExperiment(p)  # fails in require_settings, before anything is read
+    with pytest.raises(cd.SettingsError) as e:
+        cd.load_data(p)  # fails in require_settings, before anything is read
     msg = str(e.value)
     assert "model.clip_path must be set with a data root" in msg
     assert "fashioniq/captions/cap.dress.train.json" in msg and "imaterialist/imat2018_label_map.tsv" in msg
     assert "cfq/equivalent_captions.json" in msg and "missing folder" in msg and "cfq/judgments.tsv" not in msg
     _trained_looking_clip(tmp_path / "clip")
     p = load_params("cfq_evaluation", "paper", {"model": {"clip_path": str(tmp_path / "clip")}})
-    with pytest.raises(cx.SettingsError, match=r"model.image_size is 224 but the CLIP .* takes 32 px"):
-        cx.require_settings(p)
-    with pytest.raises(cx.SettingsError, match="no config.json"):
-        cx.require_settings(load_params("cfq_evaluation", "paper", {"model": {"clip_path": str(tmp_path)}}))
-    cx.require_settings(_paper_params(tmp_path / "clip"))  # all there: nothing to say
-    cx.require_settings(load_params("cfq_evaluation", "smoke"))
+    with pytest.raises(cd.SettingsError, match=r"model.image_size is 224 but the CLIP .* takes 32 px"):
+        cd.require_settings(p)
+    with pytest.raises(cd.SettingsError, match="no config.json"):
+        cd.require_settings(load_params("cfq_evaluation", "paper", {"model": {"clip_path": str(tmp_path)}}))
+    cd.require_settings(_paper_params(tmp_path / "clip"))  # all there: nothing to say
+    cd.require_settings(load_params("cfq_evaluation", "smoke"))
 
 
 def test_killed_stage_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     """A run's stage checkpoints into its run folder; killed after 4 of 6 steps and rerun, it resumes and ends
     with exactly the weights of a stage that went straight through."""
     from types import SimpleNamespace
-
-    from visualsearch.cache import ResultCache
 
     _trained_looking_clip(tmp_path / "clip")
     p = _paper_params(tmp_path / "clip")
@@ -223,10 +230,11 @@ def test_killed_stage_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch
     captions = ["is red", "is blue", "shorter", "has stripes", "not floral", "is green", "longer", "is dark"]
 
     def experiment():
-        exp = cx.CFQExperiment.models_only(p, ResultCache(tmp_path / "results"))
-        exp.bank.add([tmp_path / f"{i}.png" for i in range(8)])
-        exp.data = SimpleNamespace(fiq_train=cx.PairSet(np.arange(8), (np.arange(8) + 3) % 8,
-                                                        [[c, c + " and darker"] for c in captions]))
+        exp = cx.CFQExperiment.models_only(p, cx.result_cache(tmp_path / "results"))
+        images = cd.ImageIndex(p["model"]["image_size"])
+        images.add([tmp_path / f"{i}.png" for i in range(8)])
+        exp.data = SimpleNamespace(images=images, fiq_train=cd.PairSet(np.arange(8), (np.arange(8) + 3) % 8,
+                                                                       [[c, c + " and darker"] for c in captions]))
         return exp
 
     torch.set_num_threads(1)
@@ -278,9 +286,9 @@ def readme_names(notebook_row: str) -> set:
 
 def test_readme_names_what_the_paper_preset_reads():
     names = readme_names("CFQ")
-    for rel in cx.REAL_FILES:
+    for rel in cd.REAL_FILES:
         assert rel.split("|")[0].strip() in names, rel
-    for rel in cx.REAL_FOLDERS:
+    for rel in cd.REAL_FOLDERS:
         assert rel.split("|")[0].strip() + "/" in names, rel
 
 
@@ -288,12 +296,154 @@ def test_cache_keys_name_the_device(tmp_path):
     """A result computed on the CPU is never reused as a GPU run's (it would be labelled with the GPU)."""
     from types import SimpleNamespace
 
-    from visualsearch.cache import ResultCache
     from visualsearch.config import load_params
 
     keys = {}
     for device in ("cpu", "cuda"):
-        exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), ResultCache(tmp_path / "r"))
+        exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), cx.result_cache(tmp_path / "r"))
         exp.device, exp.data = device, SimpleNamespace(fingerprints={"cfq": "abc"})
         keys[device] = (exp.pretrain_key(), exp.run_key("raf-fiq"))
     assert keys["cpu"][0] != keys["cuda"][0] and keys["cpu"][1] != keys["cuda"][1]
+
+
+# ------------------------------------------------------------------ the shared pieces draw and compute as before
+
+def test_result_cache_keys_on_the_experiment_module(tmp_path):
+    cache = cx.result_cache(tmp_path)
+    assert cache.code == "visualsearch.papers.cfq.experiment" and cache.root == tmp_path
+
+
+def test_batches_draw_exactly_as_the_paper_did():
+    """composed_batches and contrastive_batches (samplers.UniformBatches, "shrink") draw the pairs and then the
+    captions from the step's stream exactly as the paper's own batch functions did."""
+    from visualsearch.seeding import step_seed
+
+    pairs = cd.PairSet(np.arange(10), np.arange(10) + 10, [[f"cap {i}", f"alt {i}", f"more {i}"] for i in range(10)])
+    feats = {"map": torch.arange(20.0).view(20, 1, 1, 1)}
+    for batch_size in (4, 16):  # 16 > 10 pairs: a smaller batch of every pair
+        fn = cx.composed_batches(pairs, cx.ImageInputs(None, feats), batch_size=batch_size, seed=3)
+        for step in (0, 5, 77):
+            rng = np.random.default_rng(step_seed(3, step))
+            pick = rng.choice(len(pairs), size=min(batch_size, len(pairs)), replace=False)
+            texts = [pairs.captions[i][rng.integers(len(pairs.captions[i]))] for i in pick]
+            b = fn(step)
+            assert b["texts"] == texts and b["source"]["map"].flatten().tolist() == pick.tolist()
+    rows = [{"colour": c, "pattern": "solid", "category": "dress", "sleeve": "long", "length": "knee",
+             "neckline": "v"} for c in ("red", "blue", "green", "black", "white", "grey")]
+    images = np.arange(6) + 100
+
+    class _Pixels:
+        def __call__(self, idx):
+            return torch.as_tensor(idx, dtype=torch.float32)
+    fn = cx.contrastive_batches(_Pixels(), images, rows, batch_size=4, seed=9)
+    for step in (0, 3):
+        rng = np.random.default_rng(step_seed(9, step))
+        pick = rng.choice(len(images), size=4, replace=False)
+        texts = [cd.attribute_caption(rows[i], rng) for i in pick]
+        b = fn(step)
+        assert b["texts"] == texts and b["images"].tolist() == (images[pick]).tolist()
+
+
+class _Model:
+    """A stand-in composition model: catalog embedding = the image row, query = image row + text length."""
+
+    def eval(self):
+        return self
+
+    def embed_catalog(self, x):
+        return x["v"]
+
+    def compose(self, x, texts):
+        return x["v"] + torch.tensor([[float(len(t))] for t in texts])
+
+
+def test_embed_is_the_paper_s_loop_over_evaluate_embed():
+    torch.manual_seed(0)
+    feats = {"v": torch.randn(40, 5)}
+    inputs = cx.ImageInputs(None, feats)
+    idx = [int(i) for i in torch.randperm(40)[:23]]
+    texts = [f"t{'x' * (i % 4)}" for i in range(23)]
+    for t in (None, texts):
+        got = cx.embed(_Model(), inputs, idx, t, batch=7)
+        old = []  # the paper's own loop, as it was
+        for s in range(0, len(idx), 7):
+            x = inputs(list(idx[s:s + 7]))
+            e = x["v"] if t is None else _Model().compose(x, list(t[s:s + 7]))
+            old.append(torch.nn.functional.normalize(e.float().cpu(), dim=-1))
+        assert torch.equal(got, torch.cat(old))
+
+
+def test_fiq_recall_through_search_equals_the_direct_retrieval():
+    """evaluate_fiq's Recall@10/@50 (evaluate.search) are the numbers of retrieve + recall_at_k wherever the
+    gallery holds more than 50 retrievable items (search caps k at the gallery, the direct call did not)."""
+    from visualsearch.evaluate import recall_at_k, retrieve
+
+    torch.manual_seed(1)
+    feats = {"v": torch.randn(80, 4)}
+    gen = np.random.default_rng(0)
+    gallery = list(range(10, 80))
+    refs = [int(i) for i in gen.choice(gallery, size=12, replace=False)]
+    d = {"refs": refs, "texts": ["ab"] * 12, "exclude": [gallery.index(r) for r in refs],
+         "query_labels": gen.integers(0, 20, size=12).tolist(), "gallery": gallery,
+         "gallery_labels": (np.arange(70) % 20).tolist()}
+    inputs = cx.ImageInputs(None, feats)
+    out = cx.evaluate_fiq(_Model(), inputs, {"dress": d})
+    q, g = cx.embed(_Model(), inputs, refs, d["texts"]), cx.embed(_Model(), inputs, gallery)
+    top = retrieve(q, g, 50, exclude=torch.tensor(d["exclude"]))
+    rec = recall_at_k(top.indices, torch.tensor(d["query_labels"]), torch.tensor(d["gallery_labels"]), (10, 50))
+    assert out["dress R@10"] == 100 * rec[10] and out["dress R@50"] == 100 * rec[50]
+    assert out["(R@10+R@50)/2"] == (out["avg R@10"] + out["avg R@50"]) / 2
+
+
+# ------------------------------------------------------------------------------ what tables and figures read
+
+def _grid_results():
+    table = pd.DataFrame({"subset": [cm.WEIGHTED, cm.WEIGHTED, "broad"], "metric": ["m_ap", "ap", "m_ap"],
+                          "label": ["accurate_0", "accurate_0", "accurate_0"], "value": [0.5, 0.6, 0.7]})
+
+    def result(k):
+        return {"fiq": {"dress R@10": k, "(R@10+R@50)/2": 2 * k}, "imat": {"ROC-AUC": 50 + k, "mAP": k / 2},
+                "cfq_primary": {"accurate mAP": 60 + k, "similar mAP": 70 + k, "nDCG": 80 + k}, "cfq_table": table,
+                "cfq_scores": np.arange(4.0) * k, "logs": {"fiq": pd.DataFrame({"step": [0, 1], "loss": [2.0, k]})}}
+    return {"clip-fiq": result(10), "scratch-fiq": result(8)}, {("clip-fiq", 0.5): result(6),
+                                                               ("scratch-fiq", 0.5): result(3)}
+
+
+def test_tables_from_results():
+    results, limited = _grid_results()
+    descriptions = {"fashion_iq": "FIQ", "imaterialist": "iMat", "cfq": "CFQ"}
+    grid = tables.grid_table(results, descriptions)
+    assert len(grid) == 2 * 7 and set(grid.method) == {"CLIP VA, FIQ", "VA, no pretraining, FIQ"}
+    assert grid[grid.metric == "mAP"].dataset.eq("iMat, val").all()
+    thresholds = tables.cfq_threshold_table(results, "CFQ")
+    assert thresholds.metric.tolist() == ["m_ap accurate_0"] * 2 and thresholds.reproduced.eq(50).all()
+    sweep = tables.data_limited_table(results, limited, ["clip-fiq", "scratch-fiq"], {1.0: 600, 0.5: 300})
+    assert sweep["FIQ training pairs"].tolist() == [300] * 4 + [600] * 4 + [300] * 4 + [600] * 4
+    assert sweep.method.tolist()[:8] == ["CLIP VA, FIQ"] * 8 and set(sweep.metric) == set(tables.HEADLINE)
+    margins = tables.pretraining_margins(sweep)
+    assert margins.loc[300, "FIQ (R@10+R@50)/2"] == 6 and margins.loc[600, "CFQ nDCG"] == 2
+
+
+def test_figures_draw_from_results_without_models(tmp_path):
+    import matplotlib.pyplot as plt
+
+    results, limited = _grid_results()
+    exp = cx.CFQExperiment.models_only({"model": {"clip_path": None}, "data_limited": {"shares": [0.5]}},
+                                       cx.result_cache(tmp_path))
+    exp.results = results
+    assert exp.judged_scores(("clip-fiq", "raf-fiq")).keys() == {"clip-fiq"}
+    assert exp.stage_logs() == {r: res["logs"] for r, res in results.items()}
+    agg = pd.DataFrame({"query_hash": ["q", "q", "q", "r"], "caption": ["c", "c", "c", "d"],
+                        "catalog_hash": ["a", "b", "e", "a"], "accurate": [1.0, -1.0, 0.0, 0.5],
+                        "similar": [0.0, 1.0, -0.5, 0.5]})
+    shown = []
+
+    def load_image(h):
+        shown.append(h)
+        return None if h == "e" else Image.new("RGB", (16, 16))
+    fig = figures.figure1(agg, exp.judged_scores(("clip-fiq", "scratch-fiq")), load_image, n_queries=2, top_k=2)
+    assert len(fig.axes) == 2 * (1 + 2 * 3) and {"q", "r", "a", "b"} <= set(shown)
+    plt.close(fig)
+    plt.close(figures.training_curves(None, exp.stage_logs()))
+    sweep = tables.data_limited_table(results, limited, ["clip-fiq", "scratch-fiq"], {1.0: 600, 0.5: 300})
+    plt.close(figures.data_limited_figure(sweep))

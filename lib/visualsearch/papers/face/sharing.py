@@ -16,6 +16,9 @@ Costs are counted by visualsearch.flops.count_flops (torch.utils.flop_counter), 
 size the cost is quoted for, and reported both as multiply-adds (`macs`) and FLOPs (2 per multiply-add).
 A pattern's accuracy is the mean over attributes of the per-depth accuracies measured by fine-tuning,
 which is exact because branches are independent given the frozen trunk.
+
+This module counts FLOPs on the models, so it is compute: the experiment may import it, figures must not
+(they take the patterns table it makes).
 """
 from __future__ import annotations
 
@@ -24,10 +27,9 @@ import itertools
 import pandas as pd
 import torch
 
-from .flops import count_flops
-from .models.face import FaceNetConfig, FaceTrunk, PooledHead
-
-ATTRIBUTES = ("age", "gender", "ethnicity", "emotion")
+from ...flops import count_flops
+from ...models.face import FaceNetConfig, FaceTrunk, PooledHead
+from .data import ATTRIBUTES, pattern_name
 
 
 def part_costs(cfg: FaceNetConfig, n_classes: dict, input_size: int) -> dict:
@@ -56,11 +58,6 @@ def pattern_cost(pattern: dict, costs: dict) -> dict:
     for a, d in pattern.items():
         parts += list(stages[d:]) + [heads[a]]
     return {k: sum(p[k] for p in parts) for k in ("flops", "macs", "params")}
-
-
-def pattern_name(pattern: dict) -> str:
-    """'age@1 gender@4 ...': attribute@branch depth."""
-    return " ".join(f"{a}@{d}" for a, d in pattern.items())
 
 
 def enumerate_patterns(accuracy: dict, costs: dict, depths=None) -> pd.DataFrame:
@@ -110,3 +107,23 @@ def choose_pattern(df: pd.DataFrame, budget: float, convention: str = "flops") -
 def pattern_of(row: pd.Series, attributes=ATTRIBUTES) -> dict:
     """{attribute: depth} of a row of `enumerate_patterns`."""
     return {a: int(row[f"depth_{a}"]) for a in attributes if f"depth_{a}" in row}
+
+
+def mean_accuracy_table(summary: pd.DataFrame, method: str = "finetune") -> dict:
+    """{attribute: {depth: mean accuracy over seeds}} of a summary over seeds (`tables.summarize`), for the
+    sharing search."""
+    s = summary[summary.method == method]
+    return {a: dict(zip(s[s.attribute == a].depth, s[s.attribute == a]["mean"])) for a in ATTRIBUTES}
+
+
+def named_patterns(patterns: pd.DataFrame, summary: pd.DataFrame, p) -> dict:
+    """The baseline patterns as rows of `patterns`: head only (all at the deepest depth), separate networks
+    (all at depth 0, when tried) and the best depth per attribute regardless of cost."""
+    depths = sorted(p["depths"])
+    acc = mean_accuracy_table(summary)
+    best = {a: max(acc[a], key=acc[a].get) for a in ATTRIBUTES}
+    want = {"head only (share everything)": {a: depths[-1] for a in ATTRIBUTES},
+            "best depth per attribute (no budget)": best}
+    if depths[0] == 0:
+        want["separate networks (share nothing)"] = {a: 0 for a in ATTRIBUTES}
+    return {k: patterns[patterns.pattern == pattern_name(v)].iloc[0] for k, v in want.items()}

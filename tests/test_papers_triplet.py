@@ -1,4 +1,5 @@
-"""The triplet paper's experiment module: image sets, targets, training determinism, retrieval metrics."""
+"""The triplet paper's home (visualsearch.papers.triplet): image sets, targets, training determinism, retrieval
+metrics, claims, cache keys."""
 from dataclasses import asdict
 
 import numpy as np
@@ -6,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visualsearch import triplet_search as ts
+from visualsearch.claims import paired_bootstrap
+from visualsearch.evaluate import Retrieval, search
+from visualsearch.papers.triplet import analysis, claims, experiment, tables
+from visualsearch.papers.triplet import data as tdata
 from visualsearch.data import products as P
 from visualsearch.data.errors import SkipLog
 from visualsearch.data.retail import read_inshop, read_sop
@@ -27,13 +31,13 @@ def test_imagesets_in_memory_and_from_disk_agree_and_skip_bad_images(world, tmp_
     own = tmp_path / "world"            # this test breaks an image: it works on its own copy of the world
     shutil.copytree(world, own)
     b = read_inshop(own)
-    mem = ts.load_imageset(b.query, 24)
-    disk = ts.load_imageset(b.query, 24, in_memory=False)
-    assert mem.images.shape == (len(b.query), 3, 24, 24) and torch.equal(mem.get([0, 3]), disk.get([0, 3]))
+    mem = tdata.load_images(b.query, 24)
+    disk = tdata.load_images(b.query, 24, in_memory=False)
+    assert mem.store.pixels.shape == (len(b.query), 3, 24, 24) and torch.equal(mem.store.get([0, 3]), disk.store.get([0, 3]))
     assert torch.equal(mem.labels, disk.labels)
     b.query.paths[1].write_bytes(b"broken")
     skips = SkipLog()
-    s = ts.load_imageset(b.query, 24, skips=skips)
+    s = tdata.load_images(b.query, 24, skips=skips)
     assert len(s) == len(b.query) - 1 and skips.reasons["corrupt image"] == 1
     assert s.item_ids[1] == b.query.item_ids[2] and int(s.labels[1]) == b.query.labels[2]
 
@@ -41,8 +45,8 @@ def test_imagesets_in_memory_and_from_disk_agree_and_skip_bad_images(world, tmp_
 def test_attribute_targets_follow_attributes_csv(world):
     sop = read_sop(world)
     att = P.read_attributes(world)
-    im = ts.load_imageset(sop.train, 16)
-    t = ts.attribute_targets(im.item_ids, att)
+    im = tdata.load_images(sop.train, 16)
+    t = tdata.attribute_targets(im.item_ids, att)
     cats = sorted(att.category.unique())
     for i in (0, 5, len(im) - 1):
         pid = int(im.item_ids[i].split("_")[1])
@@ -53,36 +57,36 @@ def test_attribute_targets_follow_attributes_csv(world):
 def test_training_is_a_pure_function_of_the_seed(world):
     torch.set_num_threads(1)
     sop = read_sop(world)
-    im = ts.load_imageset(sop.train, 16)
-    cfg = ts.RunConfig(steps=3, num_pairs=4, dim=8, lr=0.01)
-    a = ts.train_embedding(im, cfg)
-    b = ts.train_embedding(im, cfg)
+    im = tdata.load_images(sop.train, 16)
+    cfg = experiment.RunConfig(steps=3, num_pairs=4, dim=8, lr=0.01)
+    a = experiment.train_embedding(im, cfg)
+    b = experiment.train_embedding(im, cfg)
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
     assert {"loss", "sim_ap", "sim_an", "frac_active", "frac_over_margin"} <= set(a.log.columns)
-    c = ts.train_embedding(im, ts.RunConfig(steps=3, num_pairs=4, dim=8, lr=0.01, seed=1))
+    c = experiment.train_embedding(im, experiment.RunConfig(steps=3, num_pairs=4, dim=8, lr=0.01, seed=1))
     assert not torch.equal(a.model.head.weight, c.model.head.weight)
 
 
-def test_evaluate_retrieval_caps_k_and_excludes_self():
+def test_search_caps_k_and_excludes_self():
     # 3 products x 2 images; embeddings place each pair together
     e = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.1], [-0.9, 0.0]]), dim=1)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    r = ts.evaluate_retrieval(e, e, labels, labels, (1, 10), queries_in_gallery=True)
+    r = search(e, e, labels, labels, (1, 10), exclude="self")
     assert r.k_cap == 5 and r.recall == {1: 1.0, 10: 1.0}
     assert (r.indices != torch.arange(6).unsqueeze(1)).all()
-    curve = ts.recall_curve(r, labels, labels, 50)
+    curve = analysis.recall_curve(r, labels, labels, 50)
     assert len(curve) == 5 and curve[0] == 1.0
     # a query whose product is absent from its top-1: swap a gallery label
     g_labels = torch.tensor([0, 1, 1, 0, 2, 2])
-    r2 = ts.evaluate_retrieval(e[:1], e, labels[:1], g_labels, (1, 2, 3))
+    r2 = search(e[:1], e, labels[:1], g_labels, (1, 2, 3))
     assert r2.recall == {1: 1.0, 2: 1.0, 3: 1.0}
-    r3 = ts.evaluate_retrieval(e[1:2], e, labels[1:2], g_labels, (1, 2))
+    r3 = search(e[1:2], e, labels[1:2], g_labels, (1, 2))
     assert r3.recall[1] == 0.0 and r3.recall[2] == 1.0  # top-1 is image 1 (label 1), then image 0 (label 0)
 
 
 def test_table_names_capped_metrics():
-    df = ts.recall_table({"m": {1: 0.5, 1000: 1.0}}, "d", [1, 1000], k_cap=99)
+    df = tables.recall_table({"m": {1: 0.5, 1000: 1.0}}, "d", [1, 1000], k_cap=99)
     assert df.metric.tolist() == ["R@1", "R@1000 (capped at 99)"] and df.reproduced.tolist() == [0.5, 1.0]
 
 
@@ -93,23 +97,23 @@ def test_error_breakdown_per_category_and_confusion_by_hand():
     groups = torch.tensor([0, 0, 1, 2])
     cats = torch.tensor([0, 0, 0, 1])
     # top-1: q0 -> right; q1 -> product 0 (look-alike); q2 -> product 0 (same category); q3 -> product 2 (other category)
-    r = ts.Retrieval({1: 0.25}, torch.tensor([[0, 1], [0, 1], [0, 2], [2, 3]]), torch.zeros(4, 2), 3)
-    eb = ts.error_breakdown(r, q_labels, g_labels, groups, groups, cats, cats)
+    r = Retrieval({1: 0.25}, torch.tensor([[0, 1], [0, 1], [0, 2], [2, 3]]), torch.zeros(4, 2), 3)
+    eb = analysis.error_breakdown(r, q_labels, g_labels, groups, groups, cats, cats)
     assert eb["wrong_top1"] == 0.75
     assert eb["lookalike"] == pytest.approx(1 / 3) and eb["same_category"] == pytest.approx(1 / 3)
     assert eb["other_category"] == pytest.approx(1 / 3)
-    pc = ts.per_category_recall(r, q_labels, g_labels, cats, k=1)
+    pc = analysis.per_category_recall(r, q_labels, g_labels, cats, k=1)
     assert pc[0] == pytest.approx(1 / 3) and pc[1] == 0.0
-    pc = ts.per_category_recall(r, q_labels, g_labels, cats, k=2)
+    pc = analysis.per_category_recall(r, q_labels, g_labels, cats, k=2)
     assert pc[0] == 1.0 and pc[1] == 1.0
-    m = ts.top1_category_confusion(r, cats, cats, 2)
+    m = analysis.top1_category_confusion(r, cats, cats, 2)
     assert np.allclose(m, [[1.0, 0.0], [1.0, 0.0]])
 
 
 def test_similarity_samples_split_positives_and_negatives():
     e = F.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    pos, neg = ts.similarity_samples(e, e, labels, labels, n_neg=500, queries_in_gallery=True)
+    pos, neg = analysis.similarity_samples(e, e, labels, labels, n_neg=500, queries_in_gallery=True)
     assert len(pos) == 8  # each image's partner, itself excluded
     want = sorted(float(e[i] @ e[i ^ 1]) for i in range(8))
     assert np.allclose(sorted(pos), want, atol=1e-6)
@@ -137,7 +141,7 @@ def test_batch_hard_on_pair_batches_learns_a_hidden_identity_against_chance():
     @torch.no_grad()
     def r1():
         e = F.normalize(model(x), dim=1)
-        return ts.evaluate_retrieval(e, e, labels, labels, (1,), True).recall[1]
+        return search(e, e, labels, labels, (1,), exclude="self").recall[1]
 
     before = r1()
     for step in range(150):
@@ -149,49 +153,48 @@ def test_batch_hard_on_pair_batches_learns_a_hidden_identity_against_chance():
 
 
 def test_real_data_layout_and_start_weights_errors(world, tmp_path):
-    from visualsearch.cache import ResultCache
     from visualsearch.config import load_params
 
     (tmp_path / "In-shop").symlink_to(world, target_is_directory=True)
     (tmp_path / "Stanford_Online_Products").symlink_to(world, target_is_directory=True)
     p = load_params("triplet_product_search", "smoke", data_root=tmp_path)
-    d = ts.load_data(p)
+    d = tdata.load_data(p)
     assert d.inshop_name == "DeepFashion In-shop" and d.sop_name == "Stanford Online Products"
     assert d.attributes is None and len(d.inshop_query) > 0 and len(d.sop_test) == 3 * 3 * 4
     with pytest.raises(ValueError, match="use 'imagenet' and a local weights file"):
-        ts.trunk_weights(p, d, ResultCache(tmp_path / "cache"))
+        experiment.trunk_weights(p, d, experiment.result_cache(tmp_path / "cache"))
     p2 = load_params("triplet_product_search", "smoke", {"model": {"weights": "imagenet", "weights_path": "r50.pth"}},
                      data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="r50.pth does not exist"):
-        ts.trunk_weights(p2, d, ResultCache(tmp_path / "cache"))
+        experiment.trunk_weights(p2, d, experiment.result_cache(tmp_path / "cache"))
     p3 = load_params("triplet_product_search", "smoke", {"data": {"sop_dir": "nowhere"}}, data_root=tmp_path)
     with pytest.raises(Exception, match="missing folder.*Stanford Online Products root"):
-        ts.load_data(p3)
+        tdata.load_data(p3)
 
 
-def test_bootstrap_difference_separates_noise_from_a_win():
+def test_paired_bootstrap_separates_noise_from_a_win():
     g = torch.Generator().manual_seed(0)
     clusters = torch.arange(300).repeat_interleave(4)
     a = (torch.rand(1200, generator=g) < 0.6).float()
-    diff, lo, hi = ts.bootstrap_difference(a, a, clusters)
+    diff, lo, hi = paired_bootstrap(a, a, clusters)
     assert diff == 0 and lo == 0 and hi == 0
     # noise: 10 queries gained, 8 lost (+0.0017): the interval straddles 0
     ones, zeros = a.nonzero().squeeze(1), (a == 0).nonzero().squeeze(1)
     b = a.clone()
     b[ones[torch.randperm(len(ones), generator=g)[:10]]] = 0
     b[zeros[torch.randperm(len(zeros), generator=g)[:8]]] = 1
-    diff, lo, hi = ts.bootstrap_difference(a, b, clusters)
+    diff, lo, hi = paired_bootstrap(a, b, clusters)
     assert diff == pytest.approx(2 / 1200) and lo < 0 < hi
     worse = (torch.rand(1200, generator=g) < 0.4).float()
-    diff, lo, hi = ts.bootstrap_difference(a, worse, clusters)
+    diff, lo, hi = paired_bootstrap(a, worse, clusters)
     assert lo > 0.1 and lo < diff < hi
     # resampling clusters, not queries: a difference carried by few products has a wider interval
     d1 = torch.zeros(1200)
     d1[:40] = 1  # +40 hits in 10 products
     d2 = torch.zeros(1200)
     d2[::30] = 1  # +40 hits spread over 40 products
-    w1 = ts.bootstrap_difference(d1, torch.zeros(1200), clusters)
-    w2 = ts.bootstrap_difference(d2, torch.zeros(1200), clusters)
+    w1 = paired_bootstrap(d1, torch.zeros(1200), clusters)
+    w2 = paired_bootstrap(d2, torch.zeros(1200), clusters)
     assert w1[0] == w2[0] and (w1[2] - w1[1]) > 1.5 * (w2[2] - w2[1])
 
 
@@ -201,7 +204,6 @@ def test_cache_keys_separate_loading_modes_kept_images_and_device(world, tmp_pat
     device neither."""
     import shutil
 
-    from visualsearch.cache import ResultCache
     from visualsearch.config import load_params
 
     own = tmp_path / "world"
@@ -216,25 +218,100 @@ def test_cache_keys_separate_loading_modes_kept_images_and_device(world, tmp_pat
                            data_root=tmp_path)
 
     mem, disk = params(in_memory=True), params(in_memory=False)
-    d_mem, d_disk = ts.load_data(mem), ts.load_data(disk)
+    d_mem, d_disk = tdata.load_data(mem), tdata.load_data(disk)
     assert d_mem.skips.reasons == d_disk.skips.reasons and sum(d_mem.skips.reasons.values()) >= 1
     assert set(d_mem.skips.reasons) == {"corrupt image"}
     for name in ("inshop_train", "inshop_query", "inshop_gallery", "sop_train", "sop_test"):
         a, b = getattr(d_mem, name), getattr(d_disk, name)
         assert a.paths == b.paths and torch.equal(a.labels, b.labels) and bad not in a.paths
-    assert torch.equal(d_mem.sop_test.get([0, 1]), d_disk.sop_test.get([0, 1]))
+    assert torch.equal(d_mem.sop_test.store.get([0, 1]), d_disk.sop_test.store.get([0, 1]))
     assert d_mem.fingerprint == d_disk.fingerprint
-    cache = ResultCache(tmp_path / "cache")
-    start = ts.trunk_weights(mem, d_mem, cache)
-    a = ts.off_the_shelf(mem, d_mem, start, "sop", cache)
-    b = ts.off_the_shelf(disk, d_disk, start, "sop", cache)
+    cache = experiment.result_cache(tmp_path / "cache")
+    start = experiment.trunk_weights(mem, d_mem, cache)
+    a = experiment.off_the_shelf(mem, d_mem, start, "sop", cache)
+    b = experiment.off_the_shelf(disk, d_disk, start, "sop", cache)
     assert cache.misses == ["triplet_off_the_shelf"] * 2 and torch.equal(a["query"], b["query"])
-    ts.off_the_shelf(disk, d_disk, start, "sop", cache)
+    experiment.off_the_shelf(disk, d_disk, start, "sop", cache)
     assert cache.hits == ["triplet_off_the_shelf"]
-    assert ts.data_key(mem, d_mem) != ts.data_key(disk, d_disk)
+    assert experiment.data_key(mem, d_mem) != experiment.data_key(disk, d_disk)
     on_gpu = load_params("triplet_product_search", "smoke", data_root=tmp_path, device="cuda")
-    assert ts.data_key(on_gpu, d_mem)["device"] == "cuda" != ts.data_key(mem, d_mem)["device"]
+    assert experiment.data_key(on_gpu, d_mem)["device"] == "cuda" != experiment.data_key(mem, d_mem)["device"]
     paths, root = d_mem.sop_test.paths, tmp_path / "Stanford_Online_Products"
-    assert ts.kept_images_digest({"sop_test": (paths, root)}) != ts.kept_images_digest({"sop_test": (paths[1:], root)})
-    assert ts.kept_images_digest({"sop_test": (paths, root)}) == ts.kept_images_digest(
+    assert tdata.kept_images_digest({"sop_test": (paths, root)}) != tdata.kept_images_digest({"sop_test": (paths[1:], root)})
+    assert tdata.kept_images_digest({"sop_test": (paths, root)}) == tdata.kept_images_digest(
         {"sop_test": ([tmp_path / "elsewhere" / p.relative_to(root) for p in paths], tmp_path / "elsewhere")})
+
+
+def test_product_images_keep_labels_beside_an_image_store(world):
+    b = read_inshop(world)
+    disk = tdata.load_images(b.query, 24, in_memory=False)
+    mem = tdata.load_images(b.query, 24)
+    assert disk.store.pixels is None and len(disk) == len(disk.store) == len(b.query)
+    assert disk.size == mem.size == 24 and disk.paths == mem.paths == list(b.query.paths)
+    assert disk.item_ids == mem.item_ids == list(b.query.item_ids)
+    sub = disk.store.subset([2, 0])
+    assert torch.equal(sub.get([0, 1]), mem.store.get([2, 0]))
+
+
+def test_embed_images_is_the_plain_loop_of_the_model(world):
+    """experiment.embed_images (evaluate.embed over the model's forward) gives what a plain loop over
+    prepare_batch and the model gives: unit rows, in index order, for embeddings and pooled features."""
+    from visualsearch.data.augment import prepare_batch
+
+    torch.set_num_threads(1)
+    im = tdata.load_images(read_sop(world).query, 16)
+    model = experiment.build_model(experiment.RunConfig(dim=8))
+    index = torch.tensor([5, 1, 7, 0, 3])
+    for features in (False, True):
+        got = experiment.embed_images(model, im, features, batch_size=2, index=index)
+        forward = model.features if features else model
+        with torch.no_grad():
+            want = F.normalize(forward(prepare_batch(im.store.get(index), 16)).float(), dim=1)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    assert experiment.embed_images(model, im).shape == (len(im), 8)
+
+
+def test_result_cache_keys_on_the_experiment_module(tmp_path):
+    cache = experiment.result_cache(tmp_path)
+    assert cache.root == tmp_path and cache.code == "visualsearch.papers.triplet.experiment"
+
+
+class _Rep:
+    def __init__(self):
+        self.checks = []
+
+    def check(self, claim, passed, detail, measured=None):
+        self.checks.append((claim, passed, detail, measured))
+        return passed
+
+
+def test_claims_check_the_paired_bootstrap_of_top1_hits():
+    from types import SimpleNamespace
+
+    from visualsearch.claims import bootstrap_detail
+
+    labels = torch.arange(40).repeat_interleave(2)           # 40 products x 2 queries, gallery = one per product
+    good = Retrieval({1: 1.0}, torch.arange(40).repeat_interleave(2).unsqueeze(1), torch.zeros(80, 1), 40)
+    bad = Retrieval({1: 0.0}, ((torch.arange(40) + 1) % 40).repeat_interleave(2).unsqueeze(1), torch.zeros(80, 1), 40)
+    assert torch.equal(claims.hits_at_1(good, labels, torch.arange(40)), torch.ones(80))
+    assert torch.equal(claims.hits_at_1(bad, labels, torch.arange(40)), torch.zeros(80))
+    rep = _Rep()
+    assert claims.check(rep, "good beats bad", good, bad, labels, torch.arange(40), extra="; x")
+    (claim, passed, detail, measured), = rep.checks
+    diff, lo, hi = paired_bootstrap(torch.ones(80), torch.zeros(80), labels)
+    assert passed and measured == diff == 1.0 and detail == bootstrap_detail(1.0, 0.0, lo, hi) + "; x"
+    assert not claims.check(rep, "bad beats good", bad, good, labels, torch.arange(40))
+
+    data = SimpleNamespace(inshop_query=SimpleNamespace(labels=labels), sop_test=SimpleNamespace(labels=labels),
+                           inshop_gallery=SimpleNamespace(labels=torch.arange(40)))
+    p = SimpleNamespace(seed=0, train=SimpleNamespace(steps=7))
+    rep = _Rep()
+    claims.check_claims(rep, p, data, {"batch_hard": good, "off_the_shelf": bad}, {0.8: good})
+    assert rep.checks == []  # no random-triplet run, no p=0 run: nothing to decide
+    claims.check_claims(rep, p, data, {"batch_hard": good, "random": bad, "off_the_shelf": bad},
+                        {0.8: bad, 0.0: bad})
+    assert [(c, ok) for c, ok, _, _ in rep.checks] == [
+        ("online batch-hard negatives beat random triplets (In-shop R@1)", True),
+        ("online batch-hard negatives beat off-the-shelf features (In-shop R@1)", True),
+        ("single-category batches (p=0.8) beat mixed batches (p=0) (SOP R@1)", False)]
+    assert rep.checks[-1][2].endswith("; after 7 steps")

@@ -3,27 +3,27 @@
 Why here and not in the notebook: batching, evaluation protocol and caching are the same for MAAF and every
 baseline on every dataset, and they are worth testing.
 
-- `ImageTable`: every image of a split as uint8 [N, 3, S, S] (resized, centre-cropped), loaded once.
 - `FrozenMaps`: when the backbone is frozen, its stage maps of every image are computed once per process
   (only when some run still has to train); models then take maps instead of pixels, so a run trains only
   what it can change. This is how the default preset fits many runs in minutes; the paper preset trains
   the backbone at 0.1x lr on augmented pixels, as the authors do.
-- `batch_fn`: (reference, text, target) triplets drawn with a per-step seed; Fashion IQ batches come from
-  one category at a time (the authors' loader); FIQ captions joined in random order.
-- `step_fn`: logits = s^2 cos(query_i, target_j); in-batch softmax (or soft triplet) loss.
-- `evaluate`: queries composed, gallery embedded through the catalog path, the reference dropped from its
-  own ranking, Recall@K against the hit labels of the split (percent).
-- `run_experiment`: build, train (visualsearch.train), evaluate, cached by ResultCache under the model and
-  training configuration, the data fingerprint and the vocabulary; `run_all` trains the uncached runs of a
-  plan in parallel processes; `plan_runs` is the notebook's plan (MAAF, baselines, ablations per dataset).
-- `pretrain_trunk`: the default preset's stand-in for ImageNet weights (product attribute classification).
+- `make_batch_fn`: (reference, text, target) triplets drawn by `samplers.UniformBatches` with a per-step
+  seed; Fashion IQ batches come from one category at a time (the authors' loader); FIQ captions joined in
+  random order (drawn from the step's stream).
+- `make_step_fn`: logits = s^2 cos(query_i, target_j); in-batch softmax (or soft triplet) loss.
+- `evaluate`: gallery embedded through the catalog path and queries composed (`evaluate.embed`), the
+  reference dropped from its own ranking, Recall@K against the hit labels of the split (`evaluate.search`).
+- `run_experiment`: build, train (visualsearch.train), evaluate, cached by the paper's `result_cache` under
+  the model and training configuration, the data fingerprint and the vocabulary; `run_all` trains the
+  uncached runs of a plan in parallel processes; `plan_runs` is the notebook's plan (MAAF, baselines,
+  ablations per dataset); `backbone_weights_file` the backbone weights (pretrained here: `pretrain.py`).
+- What the figures need from a trained model: `word_attention`, `retrieval_examples`, `place_attention`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import multiprocessing as mp
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,106 +31,49 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-# Every library module a run may use is imported here, not lazily: the result cache keys on the sources of
-# the loaded modules, so the set must be the same when a run is looked up and when it is stored.
-from . import atomic
-from .cache import ResultCache, file_digest
-from .data import text_feedback as tf
-from .data.errors import SkipLog
-from .data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
-from .data.images import load_image
-from .data.products import CATEGORIES, render_photo, sample_product, sample_view
-from .data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
-from .data.text_feedback import FeedbackSplit
-from .data.worlds import cache_root, fingerprint_dir
-from .evaluate import recall_at_k, retrieve
-from .losses import BatchSoftmaxLoss, SoftTripletLoss
-from .models.blocks import ResNetTrunk
-from .models.fusion import build_model
-from .models.maaf import MAAFConfig
-from .models.text import Vocabulary
-from .progress import bar, note, stage
-from .seeding import step_seed
-from .train import CheckpointMismatch, TrainConfig, identity_of, train
-
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from ... import atomic
+from ...cache import ResultCache, file_digest
+from ...data.scenes import COLUMNS, ROWS
+from ...data.worlds import cache_root
+from ...evaluate import Retrieval, embed, search
+from ...losses import BatchSoftmaxLoss, SoftTripletLoss
+from ...models.blocks import ResNetTrunk
+from ...models.fusion import build_model
+from ...models.maaf import MAAFConfig, word_attention_maps
+from ...models.text import Vocabulary
+from ...progress import bar, note
+from ...samplers import UniformBatches
+from ...seeding import step_seed
+from ...train import TrainConfig, identity_of, train
+from .data import PreparedDataset, SplitInputs, normalize_pixels
+from .pretrain import pretrain_trunk
 
 
-# ------------------------------------------------------------------------------------------------- images
-
-def _square(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size`, centre crop (the authors' Resize + CenterCrop)."""
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+def result_cache(root=None) -> ResultCache:
+    """The cache of this paper's runs, keyed on this module's import closure (not on tables or figures)."""
+    return ResultCache(root, code=__name__)
 
 
-@dataclass
-class ImageTable:
-    """All images of a split as one uint8 tensor [N, 3, size, size] (an unreadable image becomes grey,
-    counted in `skips`; readers already dropped the ones missing at read time)."""
-
-    pixels: torch.Tensor
-
-    @classmethod
-    def load(cls, paths, size: int, skips: SkipLog | None = None) -> "ImageTable":
-        out = torch.full((len(paths), 3, size, size), 128, dtype=torch.uint8)
-        for i, p in enumerate(paths):
-            img = load_image(p, skips if skips is not None else SkipLog())
-            if img is not None:
-                out[i] = torch.from_numpy(np.asarray(_square(img, size)).copy()).permute(2, 0, 1)
-        return cls(out)
-
-    def __len__(self):
-        return self.pixels.shape[0]
-
-
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> ImageNet-normalised float."""
-    return (pixels.float() / 255 - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The authors' training augmentation on uint8 images: RandomResizedCrop (scale 0.8-1, ratio 0.75-1.3)
-    back to the same size, horizontal flip, additive N(0, 0.01) noise; returns normalised floats."""
-    b, _, h, w = pixels.shape
-    x = pixels.float() / 255
-    out = torch.empty_like(x)
-    u = torch.rand(b, 5, generator=generator)
-    for i in range(b):
-        area = h * w * (0.8 + 0.2 * float(u[i, 0]))
-        ratio = float(np.exp(np.log(0.75) + (np.log(1.3) - np.log(0.75)) * float(u[i, 1])))
-        cw = min(w, max(1, round((area * ratio) ** 0.5)))
-        ch = min(h, max(1, round((area / ratio) ** 0.5)))
-        x0, y0 = int(float(u[i, 2]) * (w - cw + 1)), int(float(u[i, 3]) * (h - ch + 1))
-        crop = F.interpolate(x[i:i + 1, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear", align_corners=False)
-        out[i] = crop[0].flip(-1) if u[i, 4] < 0.5 else crop[0]
-    out = out + 0.01 * torch.randn(out.shape, generator=generator)
-    return (out - IMAGENET_MEAN) / IMAGENET_STD
-
+# ---------------------------------------------------------------------------------------------- frozen maps
 
 @dataclass
 class FrozenMaps:
-    """Stage maps of a frozen backbone for every image of a table (float16 to halve memory)."""
+    """Stage maps of a frozen backbone for every image of a store (float16 to halve memory)."""
 
     maps: dict
 
     @classmethod
-    def compute(cls, trunk: ResNetTrunk, table: ImageTable, stages, batch_size: int = 64,
+    def compute(cls, trunk: ResNetTrunk, store, stages, batch_size: int = 64,
                 device: str = "cpu") -> "FrozenMaps":
         trunk = trunk.to(device).eval()
         parts = {s: [] for s in stages}
         with torch.no_grad():
-            for i in range(0, len(table), batch_size):
-                out = trunk(normalize_pixels(table.pixels[i:i + batch_size]).to(device))
+            for i in range(0, len(store), batch_size):
+                out = trunk(normalize_pixels(store.pixels[i:i + batch_size]).to(device))
                 for s in stages:
                     parts[s].append(out[s].half().cpu())
         return cls({s: torch.cat(v) for s, v in parts.items()})
@@ -144,21 +87,6 @@ def backbone_key(cfg: MAAFConfig, seed: int) -> str:
     return f"{cfg.backbone}:{cfg.backbone_weights}" if cfg.backbone_weights else f"{cfg.backbone}:random:{seed}"
 
 
-@dataclass
-class SplitInputs:
-    """One split and how its images reach a model: pixels, or the maps of a frozen backbone (by key)."""
-
-    split: FeedbackSplit
-    table: ImageTable
-    maps: dict = field(default_factory=dict)  # backbone_key -> FrozenMaps
-
-    def images(self, index: torch.Tensor, generator: torch.Generator | None = None, maps_key: str | None = None):
-        if maps_key is not None:
-            return self.maps[maps_key].take(index)
-        pixels = self.table.pixels[index]
-        return augment(pixels, generator) if generator is not None else normalize_pixels(pixels)
-
-
 # ------------------------------------------------------------------------------------------------ training
 
 def make_batch_fn(groups: list[SplitInputs], batch_size: int, seed: int, augment_images: bool = False,
@@ -169,16 +97,15 @@ def make_batch_fn(groups: list[SplitInputs], batch_size: int, seed: int, augment
     groups = [g for g in groups if g.split.queries]
     if not groups:
         raise ValueError("no training queries: every training split is empty")
+    sampler = UniformBatches([len(g.split.queries) for g in groups], batch_size, seed, "repeat")
 
     def batch_fn(step: int) -> dict:
-        rng = np.random.default_rng(step_seed(seed, step))
-        g = groups[int(rng.integers(len(groups)))]
-        n = len(g.split.queries)
-        picks = rng.choice(n, size=batch_size, replace=n < batch_size)
-        queries = [g.split.queries[int(i)] for i in picks]
+        batch = sampler(step)
+        g = groups[batch.group]
+        queries = [g.split.queries[int(i)] for i in batch.indices]
         gen = torch.Generator().manual_seed(step_seed(seed, step, stream=2)) if augment_images else None
         return {"source": g.images(torch.tensor([q.source for q in queries]), gen, maps_key),
-                "texts": [g.split.query_text(q, rng) for q in queries],
+                "texts": [g.split.query_text(q, batch.rng) for q in queries],
                 "target": g.images(torch.tensor([q.target for q in queries]), gen, maps_key)}
 
     return batch_fn
@@ -199,17 +126,10 @@ def make_step_fn(loss: str = "softmax"):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-@dataclass
-class Retrieval:
-    """What an evaluation computed: recall (percent) and the top-k gallery indices per query."""
-
-    recall: dict
-    topk: torch.Tensor
-
-
 def evaluate(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128, device: str = "cpu",
              maps_key: str | None = None) -> Retrieval:
-    """Recall@K of `model` on a split: the split's protocol (hit labels, reference excluded)."""
+    """Recall@K of `model` on a split: the split's protocol (hit labels, reference excluded);
+    `.percent()` gives {"R@k": percent}."""
     split = group.split
     model = model.to(device).eval()
     queries = [q for q in split.queries if q.target_label != ""]
@@ -219,23 +139,18 @@ def evaluate(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128
     def to(x):
         return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
-    with torch.no_grad():
-        gallery = torch.cat([model.embed_catalog(to(group.images(torch.arange(i, min(i + batch_size, len(split.images))),
-                                                                  maps_key=maps_key)))
-                             .float().cpu() for i in range(0, len(split.images), batch_size)])
-        composed = []
-        for i in range(0, len(queries), batch_size):
-            chunk = queries[i:i + batch_size]
-            src = to(group.images(torch.tensor([q.source for q in chunk]), maps_key=maps_key))
-            composed.append(model.compose(src, [split.query_text(q) for q in chunk]).float().cpu())
-    composed = F.normalize(torch.cat(composed), dim=-1)
-    gallery = F.normalize(gallery, dim=-1)
-    top = retrieve(composed, gallery, k=max(ks), exclude=torch.tensor([q.source for q in queries]))
+    def compose(idx: torch.Tensor) -> torch.Tensor:
+        chunk = [queries[i] for i in idx.tolist()]
+        src = to(group.images(torch.tensor([q.source for q in chunk]), maps_key=maps_key))
+        return model.compose(src, [split.query_text(q) for q in chunk])
+
+    gallery = embed(lambda idx: model.embed_catalog(to(group.images(idx, maps_key=maps_key))), len(split.images),
+                    batch_size)
+    composed = embed(compose, len(queries), batch_size)
     index = {}
     gallery_labels = torch.tensor([index.setdefault(l, len(index)) for l in split.labels])
     query_labels = torch.tensor([index.setdefault(q.target_label, len(index)) for q in queries])
-    recall = recall_at_k(top.indices, query_labels, gallery_labels, ks)
-    return Retrieval({f"R@{k}": 100 * v for k, v in recall.items()}, top.indices)
+    return search(composed, gallery, query_labels, gallery_labels, ks, exclude=torch.tensor([q.source for q in queries]))
 
 
 # ------------------------------------------------------------------------------------------- experiments
@@ -337,12 +252,12 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
         eval_fn = None
         if eval_every and curve_group:
             def eval_fn(m, step):
-                return evaluate(m, eval_groups[curve_group], ks, device=device, maps_key=maps_key).recall
+                return evaluate(m, eval_groups[curve_group], ks, device=device, maps_key=maps_key).percent()
         batch_fn = make_batch_fn(train_groups, spec.batch_size, spec.seed, spec.augment, maps_key)
         result = train(model, make_step_fn(spec.loss), batch_fn, tc, run_dir=run_dir,
                        param_groups=model.param_groups(spec.image_lr_scale), eval_fn=eval_fn, eval_every=eval_every)
         model = result.model
-        recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).recall for k, g in eval_groups.items()}
+        recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).percent() for k, g in eval_groups.items()}
         state = {k: v.cpu() for k, v in trainable_state(model).items()} if keep_model else None
         return RunResult(recall, result.log, state, result.wall_s, {"cpu_s": time.process_time() - cpu0})
 
@@ -366,234 +281,6 @@ def weights_key(path) -> dict:
     if not path:
         return {}
     return {"weights_sha256": file_digest(path)}
-
-
-def with_changes(cfg: MAAFConfig, **changes) -> MAAFConfig:
-    return dataclasses.replace(cfg, **changes)
-
-
-# ------------------------------------------------------------------------------ backbone "pretraining"
-
-ATTRIBUTE_HEADS = ("category", "colour", "pattern", "sleeve", "length", "neckline")
-
-
-def attribute_photos(n: int, image_size: int, seed: int):
-    """`n` product photos (shop and street views) of every products category with their coarse attributes:
-    the data of the stand-in for ImageNet pretraining (a products world of its own seed, not the
-    retrieval worlds)."""
-    rng = np.random.default_rng([seed, 7])
-    cats = list(CATEGORIES)
-    pixels = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
-    labels = {h: [] for h in ATTRIBUTE_HEADS}
-    for i in range(n):
-        p = sample_product(rng, cats[int(rng.integers(len(cats)))])
-        view = sample_view(rng, "shop" if rng.random() < 0.5 else "street")
-        pixels[i] = torch.from_numpy(np.asarray(render_photo(p, view, image_size)[0]).copy()).permute(2, 0, 1)
-        for h in ATTRIBUTE_HEADS:
-            labels[h].append(p.category if h == "category" else getattr(p, h))
-    classes = {h: sorted(set(v)) for h, v in labels.items()}
-    targets = {h: torch.tensor([classes[h].index(x) for x in v]) for h, v in labels.items()}
-    return pixels, targets, classes
-
-
-def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 300, n_photos: int = 4000,
-                   batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
-                   progress: bool = False, run_dir=None, checkpoint_every: int = 0, identity: str = "") -> dict:
-    """Train a ResNet to classify product attributes from photos and return its torchvision-style state
-    dict (what `MAAFConfig.backbone_weights` loads): the embedded default's stand-in for ImageNet weights,
-    so that, as in the paper, the backbone arrives with useful features. Returns also the final training
-    accuracies under the key "__accuracy__" (popped before loading).
-
-    Its own loop (a one-cycle schedule, which train.train does not have), resumable the same way: with
-    `run_dir`, the trunk, heads, optimizer, schedule and running accuracies are saved every
-    `checkpoint_every` steps (0: only when the loop stops on an error) and a run finding a checkpoint of the
-    same training there (`identity` and every argument) resumes from it with the same result; each step's
-    batch and augmentation are drawn from a generator seeded by the step, nothing else is random."""
-    fingerprint = identity_of(identity, arch, image_size, steps, n_photos, batch_size, lr, seed)
-    torch.manual_seed(seed)
-    with stage(f"drawing {n_photos} product photos for backbone pretraining", disable=not progress):
-        pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
-    trunk = ResNetTrunk(arch).to(device)
-    heads = torch.nn.ModuleDict({h: torch.nn.Linear(trunk.channels["4"], len(c)) for h, c in classes.items()}).to(device)
-    params = [*trunk.parameters(), *heads.parameters()]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    acc = {}
-    ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir else None
-    start = 0
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("config") != fingerprint:
-            raise CheckpointMismatch(f"{ckpt_path} was written by another backbone pretraining (fingerprint "
-                                     f"{ckpt.get('config')}, this run {fingerprint}); use another run_dir or delete it")
-        trunk.load_state_dict(ckpt["trunk"])
-        heads.load_state_dict(ckpt["heads"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["schedule"])
-        start, acc = ckpt["step"], ckpt["accuracy"]
-        if torch.device(device).type == "cpu" and ckpt.get("threads"):
-            torch.set_num_threads(ckpt["threads"])  # CPU results depend on it (see train.train)
-        note(f"backbone pretraining: resumed from the checkpoint at step {start} of {steps} ({ckpt_path})",
-             disable=not progress)
-
-    def save(done: int) -> None:
-        if ckpt_path is not None:
-            atomic.torch_save({"trunk": trunk.state_dict(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
-                               "schedule": sched.state_dict(), "step": done, "accuracy": dict(acc),
-                               "config": fingerprint, "threads": torch.get_num_threads()}, ckpt_path)
-
-    # as in train.train: a step that fails half-way has moved the BatchNorm statistics in its forward pass;
-    # they are put back before the completed steps are saved
-    buffers = [b for b in trunk.buffers()] if ckpt_path is not None else []
-    snapshot = [torch.empty_like(b) for b in buffers]
-    done, in_step = start, False
-    try:
-        for step in bar(range(start, steps), total=steps, initial=start,
-                        desc="pretraining the backbone on product attributes", unit="step", disable=not progress):
-            if buffers:
-                torch._foreach_copy_(snapshot, buffers)
-            in_step = True
-            acc = _pretrain_step(step, seed, pixels, targets, trunk, heads, opt, sched, dict(acc), batch_size, device)
-            done, in_step = step + 1, False
-            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
-                save(done)
-    except BaseException:
-        if in_step and buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, snapshot)
-        save(done)  # every completed step is kept; the failing one is not
-        raise
-    state = {k: v.cpu() for k, v in trunk.state_dict().items()}
-    names = {"stem.0": "conv1", "stem.1": "bn1", "stem.4": "layer1"}
-    out = {}
-    for k, v in state.items():
-        for a, b in names.items():
-            if k.startswith(a + "."):
-                k = b + k[len(a):]
-        out[k] = v
-    out["__accuracy__"] = acc
-    return out
-
-
-def _pretrain_step(step, seed, pixels, targets, trunk, heads, opt, sched, acc, batch_size, device) -> dict:
-    """One step of backbone pretraining (a batch drawn and augmented by a generator seeded by the step);
-    returns `acc`, the running accuracies, updated."""
-    gen = torch.Generator().manual_seed(step_seed(seed, step))
-    idx = torch.randint(len(pixels), (batch_size,), generator=gen)
-    x = augment(pixels[idx], gen).to(device)
-    feats = trunk(x)["4"].mean((2, 3))
-    loss = 0.0
-    for h, head in heads.items():
-        logits = head(feats)
-        y = targets[h][idx].to(device)
-        loss = loss + F.cross_entropy(logits, y)
-        acc[h] = 0.9 * acc.get(h, 0.0) + 0.1 * float((logits.argmax(1) == y).float().mean())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    sched.step()
-    return acc
-
-
-# ------------------------------------------------------------------------------------- datasets to runs
-
-DATASETS = ("fashioniq", "css", "fashion200k", "birds_to_words", "spot_the_diff")
-REAL_FOLDERS = {"fashioniq": "fashioniq", "css": "css", "fashion200k": "fashion200k",
-                "birds_to_words": "birds-to-words", "spot_the_diff": "spot-the-diff"}
-
-
-@dataclass
-class PreparedDataset:
-    """One dataset ready for runs: training groups, evaluation splits, vocabulary, provenance."""
-
-    name: str                  # one of DATASETS
-    description: str           # what the tables say the data was
-    train: list                # SplitInputs (one per Fashion IQ category, else one)
-    eval: dict                 # name -> SplitInputs (Fashion IQ: per category)
-    vocab: Vocabulary
-    fingerprint: str           # of the data folder
-    skips: SkipLog
-
-
-def read_dataset(name: str, root, skips: SkipLog) -> tuple[list, dict]:
-    """(training splits, {evaluation name: split}) of one dataset under `root`, with its protocol."""
-    if name == "fashioniq":
-        return list(tf.read_fashion_iq(root, "train", skips=skips).values()), tf.read_fashion_iq(root, "val", skips=skips)
-    if name == "css":
-        return [tf.read_css(root, "train", skips)], {"test": tf.read_css(root, "test", skips)}
-    if name == "fashion200k":
-        return [tf.read_fashion200k(root, "train", skips)], {"test": tf.read_fashion200k(root, "test", skips)}
-    if name == "birds_to_words":
-        return [tf.read_birds_to_words(root, "train", skips)], {"test": tf.read_birds_to_words(root, "test", skips)}
-    if name == "spot_the_diff":
-        return [tf.read_spot_the_diff(root, "train", skips)], {"test": tf.read_spot_the_diff(root, "test", skips)}
-    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
-
-
-def synthetic_root(name: str, worlds: dict, seed: int, image_size: int):
-    """The cached synthetic world of `name` drawn with the notebook's world sizes."""
-    if name in ("css", "spot_the_diff"):
-        cfg = ScenesWorldConfig(seed=seed, image_size=image_size, train_scenes=worlds["css_scenes"][0],
-                                test_scenes=worlds["css_scenes"][1], spot_pairs=tuple(worlds["spot_pairs"]))
-        return (css_world if name == "css" else spot_the_diff_world)(cfg)
-    cfg = FashionTextConfig(seed=seed, image_size=image_size, fiq_pairs=tuple(worlds["fiq_pairs"]),
-                            f200k_products=tuple(worlds["f200k_products"]), f200k_queries=worlds["f200k_queries"],
-                            b2w_pairs=tuple(worlds["b2w_pairs"]))
-    return {"fashioniq": fashion_iq_world, "fashion200k": fashion200k_world,
-            "birds_to_words": birds_to_words_world}[name](cfg)
-
-
-_DESCRIPTIONS = {"fashioniq": "Fashion IQ", "css": "CSS", "fashion200k": "Fashion200k",
-                 "birds_to_words": "Birds-to-Words", "spot_the_diff": "Spot-the-Diff"}
-
-
-def prepare_dataset(name: str, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
-                    ) -> PreparedDataset:
-    """Read one dataset (real under data_root/<folder>, else its synthetic world) and load its images."""
-    skips = SkipLog()
-    if data_root:
-        root = Path(data_root) / REAL_FOLDERS[name]
-        description = f"{_DESCRIPTIONS[name]} (real, {root})"
-    else:
-        root = synthetic_root(name, worlds, seed, image_size)
-        world = "scenes" if name in ("css", "spot_the_diff") else "products"
-        description = f"synthetic {world} world in {_DESCRIPTIONS[name]} format"
-    train, evals = read_dataset(name, root, skips)
-    texts = [t for s in train for t in s.texts()]
-    return PreparedDataset(
-        name, description,
-        [SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for s in train],
-        {k: SplitInputs(s, ImageTable.load(s.images, image_size, skips)) for k, s in evals.items()},
-        Vocabulary.build(texts), f"{fingerprint_dir(root)}-{kept_digest(root, train, evals)}", skips)
-
-
-def kept_digest(root, train: list, evals: dict) -> str:
-    """Hash of the images and queries each split kept after skipped files (paths relative to the dataset
-    root): part of the data fingerprint, so that a result computed from one set of images is never reused
-    for another."""
-    h = hashlib.sha256()
-    for name, split in [*((f"train{i}", s) for i, s in enumerate(train)), *sorted(evals.items())]:
-        h.update(f"{name}:{len(split.images)}:{len(split.queries)}\n".encode())
-        for path in split.images:
-            h.update(os.path.relpath(path, root).encode() + b"\n")
-    return h.hexdigest()[:8]
-
-
-def _prepare_one(args) -> PreparedDataset:
-    return prepare_dataset(*args)
-
-
-def prepare_datasets(names, image_size: int, data_root=None, worlds: dict | None = None, seed: int = 0,
-                     workers: int = 1, progress: bool = True) -> dict:
-    """{name: PreparedDataset}, drawing the worlds and loading the images of `workers` datasets at a time
-    (separate processes: world drawing and image decoding are single-threaded Python); a bar over the
-    datasets, shown by this process as they come back."""
-    jobs = [(n, image_size, data_root, worlds, seed) for n in names]
-    bar_args = dict(total=len(jobs), desc="preparing datasets", unit="dataset", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            return dict(bar(zip(names, pool.map(_prepare_one, jobs)), **bar_args))
-    return {n: _prepare_one(j) for n, j in bar(zip(names, jobs), **bar_args)}
 
 
 # ------------------------------------------------------------------------------------- many runs at once
@@ -627,15 +314,15 @@ def _maps_one(job) -> list:
     torch.set_num_threads(_POOL_DATA["__threads__"])
     trunk = seeded_trunk(cfg, seed)
     d = _POOL_DATA[name]
-    return [FrozenMaps.compute(trunk, g.table, stages, device=device) for g in [*d.train, *d.eval.values()]]
+    return [FrozenMaps.compute(trunk, g.store, stages, device=device) for g in [*d.train, *d.eval.values()]]
 
 
 def _run_one(run: Run, ks, device, cache_root, progress: bool = False) -> RunResult:
     d = _POOL_DATA[run.dataset]
     torch.set_num_threads(_POOL_DATA["__threads__"])
     return run_experiment(run.name, run.cfg, run.spec, d.train, d.eval, d.vocab, d.fingerprint,
-                          ResultCache(cache_root), run.keep_model, device, progress, ks, run.eval_every, run.curve_group,
-                          run.checkpoint_every)
+                          result_cache(cache_root), run.keep_model, device, progress, ks, run.eval_every,
+                          run.curve_group, run.checkpoint_every)
 
 
 def run_key_of(run: Run, data: PreparedDataset, ks, device: str = "cpu") -> dict:
@@ -647,11 +334,12 @@ def run_key_path(cache, run: Run, data: PreparedDataset, ks, device: str = "cpu"
     return cache.path(cache_name(run.name), run_key_of(run, data, ks, device))
 
 
-def run_all(runs: list[Run], datasets: dict, cache, ks=(1, 5, 10, 50), workers: int = 1, threads: int = 1,
+def run_all(runs: list[Run], datasets, cache, ks=(1, 5, 10, 50), workers: int = 1, threads: int = 1,
             device: str = "cpu", progress: bool = True) -> dict:
     """Results of every run ({(dataset, name): RunResult}), from the cache where present; the others are
     trained, `workers` at a time in separate processes (each with `threads` torch threads). Frozen-backbone
-    maps are computed once, only for datasets that have something left to train."""
+    maps are computed once, only for datasets that have something left to train. `datasets`: {name:
+    PreparedDataset} (e.g. `data.load_data(p)`); `cache`: `result_cache()`."""
     todo = [r for r in runs if not cache.has(cache_name(r.name), run_key_of(r, datasets[r.dataset], ks, device))]
     needed: dict = {}  # (dataset, backbone key) -> (a run using it, stages it needs)
     for r in todo:
@@ -783,3 +471,96 @@ def plan_runs(p, weights: str | None) -> list[Run]:
     for r in runs:
         r.checkpoint_every = p.checkpoint_every
     return runs
+
+
+# ------------------------------------------------------------------------ what the figures need computed
+
+@dataclass
+class WordAttention:
+    """One query's word-to-image attention in a trained MAAF (for `figures.attention_figure`)."""
+
+    text: str                  # the query's text
+    pixels: torch.Tensor       # uint8 [3, S, S]: the reference image
+    words: list                # the text tokens shown (at most max_words)
+    stages: list               # the image stages in token order, e.g. ["3", "4"]
+    maps: list                 # per block: {stage: [n_words, h, w]}, heads averaged (models.maaf.word_attention_maps)
+
+
+def word_attention(model, group: SplitInputs, query_index: int, max_words: int = 6,
+                   device: str = "cpu") -> WordAttention:
+    """Each word's attention over each stage grid, per block, for query `query_index` of a split: the real
+    weights of `MAAF.compose(..., return_attention=True)`, heads averaged."""
+    split = group.split
+    q = split.queries[query_index]
+    text = split.query_text(q)
+    pixels = group.store.get([q.source])
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model.compose(normalize_pixels(pixels).to(device), [text], return_attention=True)
+    maps = [{s: m.cpu() for s, m in word_attention_maps(out, 0, b).items()} for b in range(len(out.attentions))]
+    return WordAttention(text, pixels[0], out.tokens[0][:max_words], [s for s, *_ in out.layout.stages], maps)
+
+
+@dataclass
+class RetrievalExamples:
+    """Queries of a split and their top-k results (reference excluded), for `figures.retrieval_figure`."""
+
+    references: torch.Tensor   # uint8 [Q, 3, S, S]
+    texts: list                # the queries' texts
+    results: torch.Tensor      # uint8 [Q, k, 3, S, S], best first
+    hits: torch.Tensor         # bool [Q, k]: the result has the query's target label
+
+
+def retrieval_examples(model, group: SplitInputs, query_indices, k: int = 5, device: str = "cpu") -> RetrievalExamples:
+    """The top-k gallery images of the given queries (on pixels), the reference excluded from its ranking."""
+    split = group.split
+    model = model.to(device).eval()
+    gallery = embed(lambda idx: model.embed_catalog(normalize_pixels(group.store.get(idx)).to(device)),
+                    len(split.images), 128)
+    queries = [split.queries[i] for i in query_indices]
+    texts = [split.query_text(q) for q in queries]
+    with torch.no_grad():
+        src = normalize_pixels(group.store.get([q.source for q in queries])).to(device)
+        composed = F.normalize(model.compose(src, texts).cpu(), dim=-1)
+    scores = composed @ gallery.T
+    for row, q in enumerate(queries):
+        scores[row, q.source] = -float("inf")
+    top = scores.topk(k, dim=1).indices
+    hits = torch.tensor([[split.labels[g] == q.target_label for g in top[row].tolist()]
+                         for row, q in enumerate(queries)], dtype=torch.bool)
+    size = group.store.size
+    results = group.store.get(top.reshape(-1)).reshape(len(queries), k, 3, size, size)
+    return RetrievalExamples(group.store.get([q.source for q in queries]), texts, results, hits)
+
+
+def place_attention(model, group: SplitInputs, max_queries: int = 200, device: str = "cpu") -> pd.DataFrame:
+    """On CSS-style scenes: how much a word naming a grid place ("topleft", ...) attends to the image tokens
+    of that place, relative to the average image token (1 = no preference, < 1 = looks elsewhere).
+
+    The paper observes, from its attention figures, that words tend not to attend to the region they refer
+    to; this measures it. Tokens belong to the 3x3 cell that holds their centre; one row per (block, stage)
+    with the mean ratio over queries naming a place whose cell holds at least one token of that stage."""
+    places = {f"{r}{c}": (i, j) for i, r in enumerate(ROWS) for j, c in enumerate(COLUMNS)}
+    split = group.split
+    model = model.to(device).eval()
+    ratios: dict = {}
+    for q in split.queries[:max_queries]:
+        text = split.query_text(q)
+        with torch.no_grad():
+            out = model.compose(normalize_pixels(group.store.get([q.source])).to(device), [text],
+                                return_attention=True)
+        words = out.tokens[0]
+        named = [(k, places[w]) for k, w in enumerate(words) if w in places]
+        for block in range(len(out.attentions)):
+            maps = word_attention_maps(out, 0, block)
+            for stage, grid in maps.items():
+                h, w = grid.shape[-2:]
+                rows = ((torch.arange(h) + 0.5) / h * 3).long()
+                cols = ((torch.arange(w) + 0.5) / w * 3).long()
+                for k, (i, j) in named:
+                    inside = (rows[:, None] == i) & (cols[None, :] == j)
+                    if inside.any():
+                        att = grid[k].cpu()
+                        ratios.setdefault((block + 1, stage), []).append(float(att[inside].mean() / att.mean()))
+    return pd.DataFrame([{"block": b, "stage": f"layer{s}", "queries": len(v), "ratio": float(np.mean(v))}
+                         for (b, s), v in sorted(ratios.items())])

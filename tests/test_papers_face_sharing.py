@@ -1,4 +1,5 @@
-"""Sharing-pattern costs (against hand counts and against counting the built network), enumeration, choice."""
+"""papers/face/sharing.py: sharing-pattern costs (against hand counts and against counting the built network),
+enumeration, choice."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 from visualsearch.flops import count_flops
 from visualsearch.models.face import FaceNetConfig, FaceTrunk, MultiHeadFaceNet, make_branch
-from visualsearch.sharing import (choose_pattern, enumerate_patterns, part_costs, pareto_front, pattern_cost,
-                                  pattern_of)
+from visualsearch.papers.face.sharing import (choose_pattern, enumerate_patterns, part_costs, pareto_front,
+                                              pattern_cost, pattern_of)
 
 CFG = FaceNetConfig(widths=(4, 8, 16, 32), blocks=(1, 1, 1, 1), input_size=8)
 N = {"age": 9, "gender": 2, "ethnicity": 7, "emotion": 5}

@@ -1,54 +1,23 @@
-"""Tables and figures of the face attribute sharing notebook, built from the experiment's results.
+"""The face notebook's figures, drawn from the experiment's results (tensors, arrays, DataFrames).
 
-Why a module: the notebook shows them in a few lines each, and the table shapes (tidy rows: method,
-dataset, metric, reproduced) are tested here rather than eyeballed in a notebook.
+Imports no model, no training and no experiment code: restyling a figure reruns nothing (the result cache
+keys on the experiment module's import closure, which does not hold this module).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
-from .face_attributes import ATTRIBUTES, confusion
-from .report import figsize
-
-DEPTH_NAMES = {0: "nothing shared (all stages fine-tuned)", 4: "penultimate layer (head only)"}
-
-
-def depth_label(depth: int, n_stages: int = 4) -> str:
-    if depth == 0:
-        return "depth 0: nothing shared (all stages fine-tuned)"
-    if depth == n_stages:
-        return f"depth {depth}: penultimate features (head only)"
-    return f"depth {depth}: after stage {depth}"
+from ...report import figsize
+from .data import ATTRIBUTES
+from .tables import confusion
 
 
-def depth_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Tidy accuracy (and age MAE) by attribute, method and branch depth: mean over seeds, with std/min/max."""
-    names = {"finetune": "fine-tune from", "probe": "capacity control (same probe) at", "scratch": "from scratch"}
-    rows = []
-    for r in summary.itertuples():
-        method = f"{names[r.method]} {depth_label(r.depth)}" if r.method != "scratch" else "trained from scratch (no identity pretraining)"
-        base = {"method": method, "dataset": dataset, "attribute": r.attribute, "variant": r.method, "depth": r.depth,
-                "n_seeds": int(r.count), "trainable_params": int(r.trainable_params)}
-        rows.append({**base, "metric": f"{r.attribute} accuracy", "reproduced": r.mean, "std": r.std,
-                     "min": r.min, "max": r.max})
-        if r.attribute == "age" and "mae_mean" in summary and not pd.isna(r.mae_mean):
-            rows.append({**base, "metric": "age MAE (years)", "reproduced": r.mae_mean, "std": r.mae_std,
-                         "min": np.nan, "max": np.nan})
-    return pd.DataFrame(rows)
-
-
-def pattern_rows(patterns: pd.DataFrame, dataset: str, cost_note: str) -> pd.DataFrame:
-    """Tidy rows (GFLOPs, GMACs, params, per-attribute and mean accuracy) of the given patterns."""
-    rows = []
-    for r in patterns.itertuples():
-        base = {"method": r.pattern, "dataset": dataset, "role": getattr(r, "role", ""), "cost_at": cost_note}
-        rows += [{**base, "metric": "GFLOPs (2 per multiply-add)", "reproduced": r.flops / 1e9},
-                 {**base, "metric": "GMACs (multiply-adds)", "reproduced": r.macs / 1e9},
-                 {**base, "metric": "parameters (M)", "reproduced": r.params / 1e6}]
-        rows += [{**base, "metric": f"{a} accuracy", "reproduced": getattr(r, f"acc_{a}")} for a in ATTRIBUTES]
-        rows.append({**base, "metric": "mean accuracy", "reproduced": r.mean_accuracy})
-    return pd.DataFrame(rows)
+def prediction_examples(data, n: int, seed: int = 0) -> list:
+    """`n` test images spread over people (a fixed, seeded choice) for the predictions figure."""
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(len(data.test), generator=g)[:n].tolist())
 
 
 def plot_depth_curves(summary: pd.DataFrame, n_stages: int = 4):
@@ -141,7 +110,9 @@ def plot_face_grid(rows: list, col_titles: list, row_titles: list):
 
 
 def plot_predictions(images, preds: dict, split, vocab: dict, idx):
-    """Test faces with the multi-head network's four predictions (wrong ones marked with the truth)."""
+    """Test faces with the multi-head network's four predictions (wrong ones marked with the truth): `images`
+    uint8 [len(idx), 3, S, S], the test images at `idx` (`split.images.get(idx)`); `preds` and `split`'s
+    labels are indexed over the whole test split."""
     import matplotlib.pyplot as plt
 
     cols = 6
@@ -150,8 +121,8 @@ def plot_predictions(images, preds: dict, split, vocab: dict, idx):
     short = {"age": "age", "gender": "sex", "ethnicity": "grp", "emotion": "emo"}
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, idx):
-        ax.imshow(images[i].permute(1, 2, 0).numpy())
+    for ax, i, image in zip(axes.flat, idx, images):
+        ax.imshow(image.permute(1, 2, 0).numpy())
         lines = []
         for a, p in preds.items():
             t = int(split.labels[a][i])

@@ -1,0 +1,488 @@
+"""The CFQ paper's experiment grid, at any preset: the dual encoders, pretraining, the runs and their evaluation.
+
+The flow, as the released experiment scripts run it:
+
+1. Multimodal pretraining. Paper preset: a real CLIP loaded from a local folder (`model.clip_path`, required
+   with a data root: the real datasets hold no generic image-caption corpus to pretrain on). Embedded default:
+   a small dual encoder (`models.clip.small_clip`) pretrained in the notebook with CLIP's contrastive loss on
+   the products world's photos and attribute captions ("a blue striped dress with long sleeves").
+2. Optional weak-supervision pretraining ("iMFQ"): (reference, neighbour, caption) pairs from
+   iMaterialist-style attribute labels (`data.imaterialist`), in-batch softmax.
+3. Fashion IQ(-style) training, in-batch softmax.
+4. Evaluation of every run on Fashion IQ-style validation recall, iMaterialist-style ROC-AUC / mAP and CFQ.
+
+The grid (`RUNS`) is the paper's plus one arm the paper's claim needs and its grid lacks: "scratch-fiq",
+CLIP VA with a never-pretrained dual encoder trained end to end on Fashion IQ (BatchNorm trainable, all
+parameters at the new-parameter rate), the "no multimodal pretraining" baseline. Under every preset it is the
+pretrained arm's architecture with a random initialisation (`new_clip`): on the paper preset the local CLIP's
+config with transformers' initialisation (`models.clip.random_clip`), never its weights; on the embedded
+default the small dual encoder before contrastive pretraining (its frozen MiniLM token source is text-only
+pretrained and shared by every arm; the trainable text block on top of it starts random).
+
+Beyond the paper, a data-limited sweep (`data_limited` in the presets) retrains some runs on nested shares
+of the Fashion IQ-style training pairs: the paper fine-tunes a model pretrained on 400M pairs with 18k
+triplets, while the embedded default's pretraining corpus is a few thousand captions, so how much the
+pretraining is worth may hinge on how little task data there is.
+
+Small-scale choices (each stated where a table is written):
+- With `model.freeze_backbone` (the embedded default), the image backbone is frozen after pretraining and
+  its features are computed once (the paper trains the pretrained weights at one tenth of the new weights'
+  rate, 1e-6 vs 1e-5; here that rate is zero for the backbone while the image projection and the text tower
+  keep the lower rate). The paper preset trains the backbone at the lower rate. No image augmentation.
+- The MiniLM text model is frozen; the text tower's trainable Transformer block on top of it is what
+  pretraining and fine-tuning change.
+Training runs and their evaluations are cached (`result_cache()`: keyed on this module's import closure, so
+a rerun only redraws and a restyled table or figure retrains nothing). Each training (pretraining, every stage
+of every run) checkpoints into the cache's run folder of its entry (`ResultCache.run_dir`) every
+`checkpoint_every` steps, so a killed run resumes where it stopped with the numbers an uninterrupted run gives;
+the folder is removed once the entry is stored.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ... import cfq_metrics as cm
+from ... import progress as prog  # (`progress` and `stage` name a flag and training stages here)
+from ...cache import ResultCache
+from ...evaluate import embed as embed_rows
+from ...evaluate import search
+from ...losses import BatchSoftmaxLoss
+from ...models import clip as clipmod
+from ...samplers import UniformBatches
+from ...seeding import step_seed
+from .data import CFQPaperData, ImageIndex, PairSet, attribute_caption
+
+# run name -> (model kind, training stages after multimodal pretraining, multimodally pretrained?)
+RUNS = {
+    "zero-shot": ("va", (), True),
+    "clip-fiq": ("va", ("fiq",), True),
+    "clip-imfq-fiq": ("va", ("imfq", "fiq"), True),
+    "raf-fiq": ("raf", ("fiq",), True),
+    "raf-big-fiq": ("raf_big", ("fiq",), True),
+    "raf-imfq-fiq": ("raf", ("imfq", "fiq"), True),
+    "af-fiq": ("af", ("fiq",), True),
+    "tirg-fiq": ("tirg", ("fiq",), True),
+    "scratch-fiq": ("va", ("fiq",), False),
+    "random": ("random", (), False),
+}
+
+
+def result_cache(root=None) -> ResultCache:
+    """The cache of this paper's runs, keyed on the code that computes them (this module's import closure)."""
+    return ResultCache(root, code=__name__)
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+class Pixels:
+    """Float pixels of store images as the model takes them: (uint8 / 255 - mean) / std per channel."""
+
+    def __init__(self, images: ImageIndex | None, mean, std):
+        self.images = images
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, idx) -> torch.Tensor:
+        return (self.images.store().get(idx).float() / 255.0 - self.mean) / self.std
+
+
+@torch.no_grad()
+def backbone_features(clip: clipmod.DualEncoder, pixels: Pixels, batch: int = 256, device: str = "cpu") -> dict:
+    """The (frozen) image backbone's features of every stored image: {name: tensor [N, ...]} on the CPU."""
+    clip.eval()
+    parts: dict[str, list] = {}
+    n = len(pixels.images)
+    for start in range(0, n, batch):
+        idx = list(range(start, min(start + batch, n)))
+        feats = clip.image.backbone_features(pixels(idx).to(device))
+        for k, v in feats.items():
+            parts.setdefault(k, []).append(v.cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+class ImageInputs:
+    """What a model is fed for image indices: cached backbone features, or pixels (a model whose backbone
+    still trains)."""
+
+    def __init__(self, pixels: Pixels | None, features: dict | None = None, device: str = "cpu"):
+        self.pixels, self.features, self.device = pixels, features, device
+
+    def __call__(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.features is not None:
+            return {k: v[idx].to(self.device) for k, v in self.features.items()}
+        return self.pixels(idx).to(self.device)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+def embed(model, inputs: ImageInputs, idx, texts=None, batch: int = 256) -> torch.Tensor:
+    """L2-normalised query embeddings (with `texts`) or catalog embeddings of stored images `idx`.
+
+    (Normalised here, on the CPU after the copy, as this paper always has: evaluate.embed would normalise on the
+    model's device first, which on a GPU can move the last bit.)"""
+    model.eval()
+    idx = list(idx)
+
+    def rows(pos: torch.Tensor) -> torch.Tensor:
+        pos = pos.tolist()
+        x = inputs([idx[i] for i in pos])
+        e = model.embed_catalog(x) if texts is None else model.compose(x, [texts[i] for i in pos])
+        return F.normalize(e.float().cpu(), dim=-1)
+
+    return embed_rows(rows, len(idx), batch_size=batch, normalize=False)
+
+
+def evaluate_fiq(model, inputs: ImageInputs, fiq_val: dict) -> dict:
+    """Recall@10 and @50 per category (reference excluded from its own ranking), their means and
+    (R@10 + R@50) / 2 overall, as the Fashion IQ protocol reports them."""
+    out = {}
+    for cat, d in fiq_val.items():
+        q = embed(model, inputs, d["refs"], d["texts"])
+        g = embed(model, inputs, d["gallery"])
+        r = search(q, g, torch.tensor(d["query_labels"]), torch.tensor(d["gallery_labels"]), (10, 50),
+                   exclude=torch.tensor(d["exclude"])).percent()
+        out[f"{cat} R@10"], out[f"{cat} R@50"] = r["R@10"], r["R@50"]
+    cats = list(fiq_val)
+    out["avg R@10"] = float(np.mean([out[f"{c} R@10"] for c in cats]))
+    out["avg R@50"] = float(np.mean([out[f"{c} R@50"] for c in cats]))
+    out["(R@10+R@50)/2"] = (out["avg R@10"] + out["avg R@50"]) / 2
+    return out
+
+
+def evaluate_imat(model, inputs: ImageInputs, d: dict) -> dict:
+    q = embed(model, inputs, d["refs"], d["texts"])
+    g = embed(model, inputs, d["gallery"])
+    m = cm.imat_retrieval_metrics((q @ g.T).numpy(), d["target_labels"], d["gallery_labels"])
+    return {"ROC-AUC": 100 * m["roc_auc"], "mAP": 100 * m["mAP"]}
+
+
+def cfq_scores(model, inputs: ImageInputs, data: CFQPaperData) -> np.ndarray:
+    """Cosine of each judged pair's query (image, caption) and catalog image embeddings."""
+    agg = data.cfq_agg
+    queries = agg[["query_hash", "caption"]].drop_duplicates()
+    q = embed(model, inputs, [data.cfq_query_idx[h] for h in queries["query_hash"]], list(queries["caption"]))
+    items = list(agg["catalog_hash"].unique())
+    c = embed(model, inputs, [data.cfq_catalog_idx[h] for h in items])
+    q_row = {key: i for i, key in enumerate(zip(queries["query_hash"], queries["caption"]))}
+    c_row = {h: i for i, h in enumerate(items)}
+    qi = torch.tensor([q_row[k] for k in zip(agg["query_hash"], agg["caption"])])
+    ci = torch.tensor([c_row[h] for h in agg["catalog_hash"]])
+    return (q[qi] * c[ci]).sum(1).numpy()
+
+
+def evaluate_all(model, inputs: ImageInputs, data: CFQPaperData, group_by: str = "query_caption") -> dict:
+    """FIQ recall, iMat ROC-AUC/mAP and CFQ (primary metrics, full table, scores) of one model."""
+    scores = cfq_scores(model, inputs, data)
+    result = cm.cfq_metrics(data.cfq_agg, scores, group_by=group_by)
+    return {"fiq": evaluate_fiq(model, inputs, data.fiq_val), "imat": evaluate_imat(model, inputs, data.imat_val),
+            "cfq_primary": {k: 100 * v for k, v in result.primary().items()}, "cfq_table": result.table,
+            "cfq_scores": scores}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def composed_batches(pairs: PairSet, inputs: ImageInputs, batch_size: int, seed: int):
+    """batch_fn(step) for the train loop: a pure function of the step (distinct pairs, one caption each, drawn
+    from the step's stream after the pairs)."""
+    draw = UniformBatches(len(pairs), batch_size, seed, "shrink")
+
+    def batch_fn(step: int) -> dict:
+        batch = draw(step)
+        pick, rng = batch.indices, batch.rng
+        texts = [pairs.captions[i][rng.integers(len(pairs.captions[i]))] for i in pick]
+        return {"source": inputs(pairs.refs[pick]), "texts": texts, "target": inputs(pairs.targets[pick])}
+    return batch_fn
+
+
+_SOFTMAX = BatchSoftmaxLoss()
+
+
+def composed_step(model, batch):
+    logits = model(batch["source"], batch["texts"], batch["target"])
+    loss = _SOFTMAX(logits)
+    acc = (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean().item()
+    return loss, {"batch_acc": acc}
+
+
+def contrastive_batches(pixels: Pixels, images: np.ndarray, rows: list, batch_size: int, seed: int,
+                        device: str = "cpu"):
+    """batch_fn(step) of contrastive pretraining: distinct photos, one attribute caption each."""
+    draw = UniformBatches(len(images), batch_size, seed, "shrink")
+
+    def batch_fn(step: int) -> dict:
+        batch = draw(step)
+        pick, rng = batch.indices, batch.rng
+        return {"images": pixels(images[pick]).to(device), "texts": [attribute_caption(rows[i], rng) for i in pick]}
+    return batch_fn
+
+
+def contrastive_step(model, batch):
+    return model.contrastive_loss(batch["images"], batch["texts"])
+
+
+def stored_state(model: torch.nn.Module) -> dict:
+    """A model's state without the frozen MiniLM weights (those load from their local folder)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if ".source.model." not in k}
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+
+class CFQExperiment:
+    """The grid of one preset: builds dual encoders, trains and evaluates each run (cached), keeps results.
+
+    p: the notebook's Params (see configs/cfq_evaluation/default.yaml for every field); data: `load_data(p)`;
+    cache: `result_cache()` unless given.
+    """
+
+    def __init__(self, p, data: CFQPaperData, cache: ResultCache | None = None, progress: bool = True):
+        self._setup(p, cache, progress)
+        self.data = data
+
+    def _setup(self, p, cache, progress: bool) -> None:
+        self.p, self.cache, self.progress = p, cache or result_cache(), progress
+        self.device = p.get("device", "cpu")
+        m = p["model"]
+        self.mean, self.std = ((clipmod.CLIP_MEAN, clipmod.CLIP_STD) if m["clip_path"] else ((0.5,) * 3, (0.25,) * 3))
+        self.data = None
+        self._tokens = None
+        self._features = None
+        self.pretrain_log = None                              # contrastive pretraining's log (embedded default)
+        self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
+        self.limited: dict[tuple[str, float], dict] = {}      # (run, share of FIQ pairs) -> result
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def models_only(cls, p, cache=None, progress: bool = False) -> "CFQExperiment":
+        """An experiment that reads no data: builds models (`new_clip`, `pretrained_clip`, `build` of runs on
+        pixels) for inspection and tests."""
+        exp = cls.__new__(cls)
+        exp._setup(p, cache, progress)
+        return exp
+
+    def pixels(self) -> Pixels:
+        """The model's view of the data's images (normalised with the dual encoder's mean and std)."""
+        return Pixels(None if self.data is None else self.data.images, self.mean, self.std)
+
+    def _cached_training(self, name: str, key: dict, compute):
+        """cache.get_or_compute, then the entry's checkpoint folder is removed: the stored entry replaces it
+        (and a recomputation asked for with VISUALSEARCH_NO_CACHE must not find a finished checkpoint)."""
+        out = self.cache.get_or_compute(name, key, compute)
+        shutil.rmtree(self.cache.run_dir(name, key), ignore_errors=True)
+        return out
+
+    # -- keys
+    def data_key(self) -> dict:
+        return {"fingerprints": self.data.fingerprints, "neighbors": dict(self.p["neighbors"]),
+                "eval": dict(self.p["eval"]), "image_size": self.p["model"]["image_size"]}
+
+    def pretrain_key(self) -> dict:
+        return {"model": dict(self.p["model"]), "pretrain": dict(self.p["pretrain"]), "seed": self.p["seed"],
+                "data": self.data_key(), "device": str(self.device)}  # a CPU result is never a GPU run's
+
+    # -- models
+    def new_clip(self) -> clipmod.DualEncoder:
+        """The dual encoder before any multimodal pretraining, drawn with the seed: the local CLIP's
+        architecture with a random initialisation (paper preset), or the small dual encoder (embedded default).
+        The "no pretraining" arm starts here; the pretrained arms load their weights on top of it."""
+        m = self.p["model"]
+        if m["clip_path"]:
+            return clipmod.random_clip(m["clip_path"], seed=self.p["seed"])
+        if self._tokens is None:
+            self._tokens = clipmod.FrozenMiniLMTokens(m["text_model_path"])
+        torch.manual_seed(self.p["seed"])
+        return clipmod.small_clip(m["embed_dim"], tuple(m["widths"]), tokens=self._tokens, text_width=m["text_width"],
+                                  text_heads=m["text_heads"], dropout=m["dropout"])
+
+    def pretrained_state(self) -> dict:
+        """The dual encoder after multimodal pretraining (trained here on the embedded default; a real
+        CLIP's own weights on the paper preset)."""
+        if self.p["model"]["clip_path"]:
+            self.pretrain_log = None  # nothing is trained here: the CLIP's own weights
+            return stored_state(clipmod.load_clip(self.p["model"]["clip_path"]))
+        key = self.pretrain_key()
+
+        def compute():
+            from ...train import TrainConfig, train
+
+            t = self.p["pretrain"]
+            clip = self.new_clip().to(self.device)
+            cfg = TrainConfig(steps=t["steps"], lr=t["lr"], optimizer="adam", weight_decay=t["weight_decay"],
+                              seed=self.p["seed"], progress=self.progress, device=self.device, log_every=50,
+                              desc="contrastive pretraining", checkpoint_every=self.p["checkpoint_every"])
+            start = time.time()
+            batches = contrastive_batches(self.pixels(), self.data.pretrain_images, self.data.pretrain_rows,
+                                          t["batch_size"], self.p["seed"], self.device)
+            res = train(clip, contrastive_step, batches, cfg, run_dir=self.cache.run_dir("cfq_pretrain", key))
+            return {"state": stored_state(res.model), "log": res.log, "wall_s": time.time() - start}
+
+        out = self._cached_training("cfq_pretrain", key, compute)
+        self.timings.setdefault("pretrain", out["wall_s"])
+        self.pretrain_log = out["log"]
+        return out["state"]
+
+    def pretraining_summary(self) -> str:
+        """Runs (or loads) the multimodal pretraining and says what it gave, in one line."""
+        m = self.p["model"]
+        if m["clip_path"]:
+            state = self.pretrained_state()
+            n = sum(v.numel() for v in state.values())
+            return (f"pretrained CLIP loaded from {m['clip_path']} ({n / 1e6:.1f}M weights, "
+                    f"{clipmod.clip_settings(m['clip_path'])['image_size']} px): no pretraining runs here")
+        self.pretrained_state()
+        log = self.pretrain_log
+        return (f"contrastive loss {log.loss.iloc[:20].mean():.2f} -> {log.loss.iloc[-20:].mean():.2f}; in-batch "
+                f"image-to-text accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} "
+                f"(chance {1 / self.p['pretrain']['batch_size']:.3f})")
+
+    def pretrained_clip(self) -> clipmod.DualEncoder:
+        """The dual encoder after multimodal pretraining: the local CLIP as loaded (paper preset) or the small
+        dual encoder with its pretrained weights."""
+        if self.p["model"]["clip_path"]:
+            self.pretrain_log = None
+            clip = clipmod.load_clip(self.p["model"]["clip_path"])
+            # new layers built on it draw from the seed, as on the embedded default (where new_clip seeds):
+            # never from whatever ran before (runs loaded from the cache or not)
+            torch.manual_seed(self.p["seed"])
+        else:
+            clip = self.new_clip()
+            clip.load_state_dict(self.pretrained_state(), strict=False)
+        if self.p["model"]["freeze_backbone"]:
+            clip.freeze_backbone()
+        return clip.to(self.device)
+
+    def features(self) -> dict:
+        """The frozen pretrained backbone's features of every stored image (computed once per session)."""
+        if self._features is None:
+            clip = self.pretrained_clip()
+            with prog.stage(f"frozen backbone features of {len(self.data.images)} images",
+                            disable=not self.progress):
+                self._features = backbone_features(clip, self.pixels(), device=self.device)
+        return self._features
+
+    def build(self, run: str):
+        kind, _, pretrained = RUNS[run]
+        m = self.p["model"]
+        if kind == "random":
+            return clipmod.RandomEmbeddings(m["embed_dim"], seed=self.p["seed"]), ImageInputs(self.pixels(), None,
+                                                                                              self.device)
+        if pretrained:
+            clip = self.pretrained_clip()
+            frozen = self.p["model"]["freeze_backbone"]
+            inputs = ImageInputs(self.pixels(), self.features() if frozen else None, self.device)
+        else:
+            clip = self.new_clip().to(self.device)
+            inputs = ImageInputs(self.pixels(), None, self.device)
+        model = clipmod.build_composition(kind, clip, heads=m["heads"], ff_width=m["ff_width"], blocks=m["blocks"],
+                                          dropout=m["dropout"], seed=self.p["seed"], freeze_bn=pretrained)
+        return model.to(self.device), inputs
+
+    # -- runs
+    def run_key(self, run: str, fiq_share: float = 1.0) -> dict:
+        kind, stages, pretrained = RUNS[run]
+        t = self.p["train"]
+        return {"run": run, "kind": kind, "stages": list(stages), "train": {s: dict(t[s]) for s in stages},
+                "va_lr": t["va_lr"], "pretrain": self.pretrain_key() if pretrained else None,
+                "model": dict(self.p["model"]), "seed": self.p["seed"], "data": self.data_key(),
+                "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share, "device": str(self.device)}
+
+    def fiq_pairs(self, share: float = 1.0) -> PairSet:
+        """The first round(share x N) Fashion IQ-style training pairs of one permutation drawn with the seed:
+        a smaller share is a subset of every larger one, so the sweep only ever removes data."""
+        pairs = self.data.fiq_train
+        if not 0 < share <= 1:
+            raise ValueError(f"a share of the Fashion IQ training pairs must be in (0, 1], got {share}")
+        if share == 1:
+            return pairs
+        n = max(1, round(share * len(pairs)))
+        keep = np.sort(np.random.default_rng(step_seed(self.p["seed"], 0, 7)).permutation(len(pairs))[:n])
+        return PairSet(pairs.refs[keep], pairs.targets[keep], [pairs.captions[i] for i in keep])
+
+    def pair_counts(self) -> dict:
+        """{share: number of Fashion IQ-style training pairs} for all of them (1.0) and each share of the sweep."""
+        return {share: len(self.fiq_pairs(share)) for share in (1.0, *map(float, self.p["data_limited"]["shares"]))}
+
+    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0, run_dir=None):
+        """Train `model` on one stage of `run` (resuming from a checkpoint in `run_dir`, if any); its log."""
+        from ...train import TrainConfig, train
+
+        kind, _, pretrained = RUNS[run]
+        t = self.p["train"][stage]
+        pairs = self.fiq_pairs(fiq_share) if stage == "fiq" else self.data.imfq_train
+        if kind == "va" and pretrained:  # the paper's CLIP VA baseline: one low rate everywhere
+            lr, scale = self.p["train"]["va_lr"], 1.0
+        else:
+            lr, scale = t["lr"], (t["pretrained_lr_scale"] if pretrained else 1.0)
+        milestones = tuple(int(f * t["steps"]) for f in t["lr_decay_at"])
+        cfg = TrainConfig(steps=t["steps"], lr=lr, optimizer="adam", adam_eps=t["adam_eps"],
+                          weight_decay=t["weight_decay"], lr_milestones=milestones, lr_gamma=0.1,
+                          seed=step_seed(self.p["seed"], 0, 1 + ["imfq", "fiq"].index(stage)),
+                          progress=self.progress, device=self.device, log_every=50,
+                          desc=f"{self.run_label(run, fiq_share)}: {stage} stage",
+                          checkpoint_every=self.p["checkpoint_every"])
+        batches = composed_batches(pairs, inputs, t["batch_size"], cfg.seed)
+        return train(model, composed_step, batches, cfg, run_dir=run_dir, param_groups=model.param_groups(scale)).log
+
+    def run_label(self, run: str, fiq_share: float = 1.0) -> str:
+        """The run's name in progress lines (with its share of the FIQ pairs in the data-limited sweep)."""
+        return run if fiq_share == 1 else f"{run} on {fiq_share:g} of FIQ"
+
+    def run(self, run: str, fiq_share: float = 1.0) -> dict:
+        """Train (if the run has stages) and evaluate one run of the grid, its Fashion IQ stage on `fiq_share`
+        of the training pairs (same steps and rates); cached."""
+        key = self.run_key(run, fiq_share)
+
+        def compute():
+            start = time.time()
+            model, inputs = self.build(run)
+            logs = {}
+            for stage in RUNS[run][1]:  # each stage checkpoints into its own folder of the run's
+                logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share,
+                                               run_dir=self.cache.run_dir("cfq_run", key) / stage)
+            train_s = time.time() - start
+            with prog.stage(f"{self.run_label(run, fiq_share)}: evaluating", disable=not self.progress):
+                metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
+            return {**metrics, "logs": logs, "train_s": train_s, "wall_s": time.time() - start}
+
+        out = self._cached_training("cfq_run", key, compute)
+        if fiq_share == 1:
+            self.results[run] = out
+            self.timings[run] = out["wall_s"]
+        else:
+            self.limited[(run, fiq_share)] = out
+            self.timings[f"{run} on {fiq_share:g} of FIQ"] = out["wall_s"]
+        return out
+
+    def run_data_limited(self) -> dict:
+        """Every run of `data_limited.runs` on every share in `data_limited.shares` (the full-data runs come
+        from the grid, run here if the grid did not)."""
+        d = self.p["data_limited"]
+        for r in d["runs"]:
+            if r not in RUNS or "fiq" not in RUNS[r][1]:
+                raise ValueError(f"data_limited.runs: {r!r} is not a run with a Fashion IQ stage; "
+                                 f"expected some of {[k for k, v in RUNS.items() if 'fiq' in v[1]]}")
+            if r not in self.results:
+                self.run(r)
+            for share in d["shares"]:
+                self.run(r, float(share))
+        return self.limited
+
+    def run_all(self, runs=None) -> dict:
+        for r in runs or self.p["runs"]:
+            if r not in RUNS:
+                raise ValueError(f"unknown run {r!r}; expected some of {list(RUNS)}")
+            self.run(r)
+        return self.results
+
+    # -- what the figures read
+    def stage_logs(self) -> dict:
+        """{run: {stage: training log}} of every run of the grid."""
+        return {run: res["logs"] for run, res in self.results.items()}
+
+    def judged_scores(self, runs) -> dict:
+        """{run: its score of every judged CFQ pair (rows of data.cfq_agg)} for those of `runs` that ran."""
+        return {run: self.results[run]["cfq_scores"] for run in runs if run in self.results}

@@ -1,0 +1,31 @@
+"""Dodds, Culpepper, Herdade, Zhang and Boakye, *Modality-Agnostic Attention Fusion for visual search with text
+feedback* (arXiv 2007.00145): image tokens (every position of ResNet layer3 and layer4) and word tokens through
+shared Transformer blocks, pooled into one vector; catalog images through the same blocks, image tokens only.
+
+The notebook `maaf_ablations.ipynb` reproduces MAAF against its baselines (TIRG, concatenation, image-only, ...)
+on Fashion IQ, CSS, Fashion200k, Birds-to-Words and Spot-the-Diff (real layouts under a data root, or synthetic
+worlds written in those formats), its ablations on Fashion IQ, attention maps and retrieval examples.
+
+One experiment is:
+
+    data (synthetic worlds or the five real datasets) -> SplitInputs per split (an ImageStore of square crops)
+    -> [pretrain a ResNet on product attributes: the embedded stand-in for ImageNet]
+    -> [frozen backbone: its stage maps computed once per process]
+    -> train a composition model on (reference, text, target) batches (UniformBatches, train.train)
+    -> embed the gallery and the composed queries (evaluate.embed) -> evaluate.search, reference excluded
+    -> Recall@K tables, ablations, attention maps, retrieval examples, claims.
+
+Modules:
+
+- `data.py`: `load_data(p) -> MAAFData` (a mapping of dataset name to `PreparedDataset`: training groups and
+  evaluation splits as `SplitInputs`, vocabulary, description, fingerprint, skips), `data_summary`, the square
+  crop into an `ImageStore` (`load_store`), `normalize_pixels` and the authors' `augment`.
+- `experiment.py`: the computation: `result_cache`, `FrozenMaps`, batches and steps, `evaluate`,
+  `run_experiment` (cached, resumable), the process-pool scheduler `run_all`, the notebook's plan
+  (`backbone_weights_file`, `plan_runs`), and what figures need from a trained model (`word_attention`,
+  `retrieval_examples`, `place_attention`).
+- `pretrain.py`: the backbone pretraining on product attributes (`pretrain_trunk`, its own resumable loop).
+- `tables.py`: method names, Fashion IQ rows, recall rows, ablation rows, `fiq_score`.
+- `figures.py`: attention maps, retrieval examples, training curves (from arrays and results; no model).
+- `claims.py`: the notebook's claim checks (MAAF beats the baselines; words and the places they name).
+"""

@@ -202,3 +202,28 @@ def test_search_caps_k_at_the_retrievable_items_and_matches_naive():
     r2 = search(q, g, ql, gl2, ks=(1, 5, 50), exclude=torch.tensor([0, 2]))
     assert r2.k_cap == 5 and r2.indices.shape[1] == 5 and 0 not in r2.indices[0].tolist()
     assert r2.recall[50] == 0.5 and r2.recall[5] == 0.5
+
+
+def test_recall_beyond_the_retrieved_columns_counts_no_miss_as_a_hit():
+    """k above the retrieved columns (a gallery smaller than k; a query whose only match was excluded, as a
+    Fashion IQ target equal to its reference) is evaluated on what was retrieved: a miss stays a miss."""
+    g = torch.eye(3)
+    top = retrieve(g[:2], g, k=50)                       # gallery of 3: 3 columns, k asked 50
+    assert top.indices.shape[1] == 3
+    assert recall_at_k(top.indices, torch.tensor([0, 7]), torch.tensor([0, 1, 2]), ks=(1, 10, 50)) == {
+        1: 0.5, 10: 0.5, 50: 0.5}                        # query 1's label is nowhere: a miss at every k
+    excl = retrieve(g[:2], g, k=50, exclude=torch.tensor([0, -1]))
+    r = recall_at_k(excl.indices, torch.tensor([0, 1]), torch.tensor([0, 1, 2]), ks=(1, 50))
+    assert r == {1: 0.5, 50: 0.5}                        # query 0's only match is the excluded item
+
+
+def test_retrieval_leaves_torch_thread_count_as_it_was():
+    """In a fresh process (where numba's OpenMP pool has not started yet): a training after an evaluation must
+    run on the threads it was given."""
+    import subprocess
+    import sys
+
+    prog = ("import torch; from visualsearch.evaluate import retrieve; torch.set_num_threads(1); "
+            "retrieve(torch.randn(40, 8), torch.randn(300, 8), k=5); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"

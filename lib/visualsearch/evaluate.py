@@ -130,11 +130,18 @@ def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude=None,
                 s[hit.nonzero().squeeze(1), ex[hit]] = float("-inf")  # never beats a floor, not even -inf
         return s.numpy()
 
+    torch_threads = torch.get_num_threads()
     merge = _merge_block()
-    for q0 in range(0, nq, chunk_size):
-        q1 = min(q0 + chunk_size, nq)
-        for g0 in range(0, ng, gallery_chunk_size):
-            merge(scores_of(q0, q1, g0, min(g0 + gallery_chunk_size, ng)), g0, top_scores[q0:q1], top_indices[q0:q1])
+    try:
+        for q0 in range(0, nq, chunk_size):
+            q1 = min(q0 + chunk_size, nq)
+            for g0 in range(0, ng, gallery_chunk_size):
+                merge(scores_of(q0, q1, g0, min(g0 + gallery_chunk_size, ng)), g0, top_scores[q0:q1],
+                      top_indices[q0:q1])
+    finally:
+        # numba's first parallel merge starts the OpenMP pool that torch shares, which resets torch's thread
+        # count to every core: a training after an evaluation would silently run on other threads than set
+        torch.set_num_threads(torch_threads)
     return TopK(torch.from_numpy(top_scores), torch.from_numpy(top_indices))
 
 
@@ -170,13 +177,12 @@ def recall_at_k(indices: torch.Tensor, query_labels, gallery_labels, ks: Sequenc
     """Fraction of queries with at least one relevant item (gallery label == query label) in the top k.
 
     ks larger than the number of retrieved columns are evaluated on all retrieved items (the caller states
-    the cap in its table).
+    the cap in its table): a query with no relevant item among them is a miss at every k.
     """
     query_labels = torch.as_tensor(query_labels)
     gallery_labels = torch.as_tensor(gallery_labels)
     hits = gallery_labels[indices] == query_labels.unsqueeze(1)
-    first = torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(query_labels, hits.shape[1]))
-    return {int(k): float((first < k).float().mean()) for k in ks}
+    return {int(k): float(hits[:, :k].any(1).float().mean()) for k in ks}
 
 
 def embed(fn: Callable[[torch.Tensor], torch.Tensor], index, batch_size: int = 256, normalize: bool = True,

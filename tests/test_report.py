@@ -45,7 +45,7 @@ def test_table_requires_tidy_columns(rep):
 
 
 def test_reported_numbers_joined_and_unknown_left_empty():
-    df = pd.DataFrame({"method": ["MAAF", "MAAF", "mine"], "dataset": ["average", "CSS", "average"],
+    df = pd.DataFrame({"method": ["MAAF", "MAAF", "mine"], "dataset": ["average", "Fashion200k", "average"],
                        "metric": ["(R@10+R@50)/2", "R@1", "(R@10+R@50)/2"], "reproduced": [0.3, 0.5, 0.2]})
     out = with_reported(df, "maaf")
     assert out.loc[0, "reported"] == 36.6 and "cited" in out.loc[0, "reported_source"]

@@ -1,4 +1,4 @@
-"""Deciding a paper's claims: the tests behind `Reporter.check` (report.py), in one place.
+"""Deciding a paper's claims: declared claims and the tests behind `Reporter.check` (report.py), in one place.
 
 Why one module: "A beats B" must mean the same thing in every notebook. Today two tests live here, each
 used where its paper's evidence has that shape:
@@ -14,8 +14,78 @@ built on this module; paper-specific comparisons live in `papers/<paper>/claims.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+SOURCES = ("paper", "extension", "exploratory")  # the paper's own claim | one we add | found after seeing results
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim, declared in the notebook's config (`claims:` in configs/<notebook>/default.yaml) before any
+    result is seen, and decided by `decide`."""
+
+    id: str                  # the key under `claims:`
+    text: str                # the paper's words (quoted from ../shared/papers/<paper>.md), or ours for the others
+    source: str              # paper | extension | exploratory
+    better: str              # the method claimed to be better (A in "A beats B")
+    worse: str               # the method it beats (B)
+    metric: str              # the per-item score compared (e.g. "hit@1", "R@10")
+    threshold: float = 0.0   # A beats B when the 95% interval of mean(A - B) lies above this
+    proxy: str = ""          # when the check stands in for the paper's claim: why, in one sentence
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"claim {self.id!r}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if not self.text.strip():
+            raise ValueError(f"claim {self.id!r}: its text is empty")
+
+
+def declared_claims(p) -> dict[str, Claim]:
+    """The claims a notebook's Params declare (section `claims`), by id, in declaration order."""
+    section = p["claims"] if "claims" in p else {}
+    section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return {cid: Claim(id=cid, **dict(fields)) for cid, fields in section.items()}
+
+
+@dataclass
+class Decision:
+    """How a claim was decided: the numbers `Reporter.decide` writes into claims.csv."""
+
+    passed: bool
+    difference: float        # mean over items (and seeds) of A - B
+    low: float               # 95% bootstrap interval of the difference
+    high: float
+    better_score: float      # mean of A
+    worse_score: float       # mean of B
+    seeds: int               # training seeds pooled
+    criterion: str           # the test, in words
+    detail: str              # the numbers, in words
+
+
+def decide(claim: Claim, better, worse, clusters=None, n_boot: int = 2000, seed: int = 0,
+           cluster_name: str = "test items") -> Decision:
+    """The one test of "A beats B": per-item scores of both methods on the same test items, one row per
+    training seed ([seeds, items] or [items]); the per-item difference is averaged over seeds (pooling the
+    seeds), and its mean gets a bootstrap interval over `clusters` (whole clusters resampled; None: every
+    item its own). A beats B when the interval's lower end is above `claim.threshold`."""
+    a = torch.as_tensor(better, dtype=torch.float64)
+    b = torch.as_tensor(worse, dtype=torch.float64)
+    a, b = (a.unsqueeze(0) if a.dim() == 1 else a), (b.unsqueeze(0) if b.dim() == 1 else b)
+    if a.shape != b.shape:
+        raise ValueError(f"claim {claim.id!r}: scores of {claim.better} {tuple(a.shape)} and {claim.worse} "
+                         f"{tuple(b.shape)} must be paired (same seeds, same items)")
+    clusters = torch.arange(a.shape[1]) if clusters is None else torch.as_tensor(clusters)
+    diff, lo, hi = paired_bootstrap(a.mean(0), b.mean(0), clusters, n_boot=n_boot, seed=seed)
+    n_clusters = int(torch.unique(clusters).numel())
+    criterion = (f"paired bootstrap over {n_clusters} {cluster_name}, {a.shape[0]} seed(s) pooled: "
+                 f"95% interval of mean({claim.metric} {claim.better} - {claim.worse}) above {claim.threshold:g}")
+    detail = (f"{claim.better} {float(a.mean()):.3f} vs {claim.worse} {float(b.mean()):.3f} (difference "
+              f"{diff:+.3f}, 95% interval {lo:+.3f} to {hi:+.3f}; {a.shape[0]} seed(s))")
+    return Decision(lo > claim.threshold, diff, lo, hi, float(a.mean()), float(b.mean()), int(a.shape[0]),
+                    criterion, detail)
 
 
 def paired_bootstrap(a, b, clusters, n_boot: int = 2000, seed: int = 0,

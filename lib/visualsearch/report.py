@@ -131,6 +131,8 @@ def context_rows(paper: str, table: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- what a notebook shows
 
+CLAIM_COLUMNS = ["claim", "source", "verdict", "criterion", "detail"]  # what claims.md and the notebook show
+
 SMOKE_NOTE = ("Smoke preset: tiny data and models that test the code, not the papers; the checks run but no "
               "verdict is drawn. The committed default run holds the verdicts.")
 
@@ -330,13 +332,17 @@ class Reporter:
         plt.close(fig)
 
     # claims -------------------------------------------------------------
-    def check(self, claim: str, passed: bool, detail: str, measured: float | None = None) -> bool:
-        """Record whether a claim of the paper held on this preset. Never raises: a claim that does not
-        reproduce is a result, written into claims.csv with its numbers. At the smoke preset (tiny data and
-        models, a test of the code) the check still runs but its verdict is "not evaluated"."""
+    def check(self, claim: str, passed: bool, detail: str, measured: float | None = None, source: str = "paper",
+              criterion: str = "", seeds: int | None = None, proxy: str = "") -> bool:
+        """Record whether a claim held on this preset. Never raises: a claim that does not reproduce is a
+        result, written into claims.csv with its numbers. `source`: paper | extension | exploratory (see
+        claims.Claim); `criterion`: the test in words; `seeds`: training seeds it rests on; `proxy`: why the
+        check stands in for the paper's words, when it does. At the smoke preset (tiny data and models, a test
+        of the code) the check still runs but its verdict is "not evaluated". Prefer `decide`."""
         self.claims = [c for c in self.claims if c["claim"] != claim]
         verdict = verdict_of(bool(passed), self.preset)
-        self.claims.append({"claim": claim, "reproduced": bool(passed), "verdict": verdict, "detail": detail,
+        self.claims.append({"claim": claim, "source": source, "reproduced": bool(passed), "verdict": verdict,
+                            "criterion": criterion, "seeds": seeds, "detail": detail, "proxy": proxy,
                             "measured": measured, "preset": self.preset})
         df = pd.DataFrame(self.claims)
         csv = self.results_dir / "claims.csv"
@@ -345,18 +351,49 @@ class Reporter:
         atomic.write_text(csv, df.to_csv(index=False))
         atomic.write_text(csv.with_suffix(".md"), f"# {self.notebook}: claims checked on preset {self.preset}\n\n"
                           + (SMOKE_NOTE + "\n\n" if self.preset == "smoke" else "")
-                          + markdown_table(df[["claim", "verdict", "detail"]]))
+                          + markdown_table(df[CLAIM_COLUMNS]))
         self._sidecar(csv)
-        print(f"[{verdict}] {claim}: {detail}")
+        print(f"[{verdict}] ({source}) {claim}: {detail}")
         return bool(passed)
+
+    def decide(self, claim, decision) -> bool:
+        """Record a declared claim (claims.Claim) as decided by claims.decide (claims.Decision)."""
+        return self.check(claim.text, decision.passed, decision.detail, decision.difference, source=claim.source,
+                          criterion=decision.criterion, seeds=decision.seeds, proxy=claim.proxy)
 
     def claims_table(self) -> "Table":
         """The claims checked so far, to show in the notebook (claim, verdict, numbers)."""
         df = pd.DataFrame(self.claims)
-        return Table(df[["claim", "verdict", "detail"]] if len(df) else df)
+        return Table(df[CLAIM_COLUMNS] if len(df) else df)
 
 
 # ---------------------------------------------------------------- the index page
+
+CLAIM_LISTS = (("paper", "The paper's claims"), ("extension", "Extensions (claims this companion adds)"),
+               ("exploratory", "Exploratory findings (noticed after seeing results; not claims of the paper)"))
+
+
+def claims_index_lines(c: pd.DataFrame) -> list[str]:
+    """The claims of one notebook for index.md: the paper's claims first, then extensions, then exploratory
+    findings, each in its own list (a finding never sits with a check mark among the paper's claims)."""
+    if "verdict" not in c:
+        c["verdict"] = [verdict_of(bool(r), str(pre)) for r, pre in zip(c["reproduced"], c["preset"])]
+    if "source" not in c:
+        c["source"] = "paper"
+    mark = {"reproduced": "✅", "NOT REPRODUCED": "❌"}
+    lines = []
+    for source, title in CLAIM_LISTS:
+        rows = c[c["source"] == source]
+        if not len(rows):
+            continue
+        lines += [f"{title}:", ""]
+        for r in rows.itertuples():
+            symbol = mark.get(r.verdict, "⏸") if source != "exploratory" else "•"
+            proxy = f" (checked by a proxy: {r.proxy})" if isinstance(getattr(r, "proxy", None), str) and r.proxy else ""
+            lines.append(f"- {symbol} {r.claim}{proxy} ({r.verdict}): {r.detail}")
+        lines.append("")
+    return lines
+
 
 def write_index(out_dir, notebooks: list[str] | None = None, summary: list[dict] | None = None) -> Path:
     """results/index.md: every table and figure of a run, grouped by notebook, with data and provenance."""
@@ -376,12 +413,7 @@ def write_index(out_dir, notebooks: list[str] | None = None, summary: list[dict]
         lines += [f"## {nb}", ""]
         claims = res / nb / "claims.csv"
         if claims.is_file():
-            c = pd.read_csv(claims)
-            if "verdict" not in c:
-                c["verdict"] = [verdict_of(bool(r), str(pre)) for r, pre in zip(c["reproduced"], c["preset"])]
-            mark = {"reproduced": "✅", "NOT REPRODUCED": "❌"}
-            lines += ["Claims checked:", ""] + [
-                f"- {mark.get(r.verdict, '⏸')} {r.claim} ({r.verdict}): {r.detail}" for r in c.itertuples()] + [""]
+            lines += claims_index_lines(pd.read_csv(claims))
         for csv in sorted((res / nb).glob("*.csv")):
             if csv.name == "claims.csv":
                 continue

@@ -31,28 +31,40 @@ class Claim:
     text: str                # the paper's words (quoted from ../shared/papers/<paper>.md), or ours for the others
     source: str              # paper | extension | exploratory
     better: str              # the method claimed to be better (A in "A beats B")
-    worse: str               # the method it beats (B)
-    metric: str              # the per-item score compared (e.g. "hit@1", "R@10")
-    threshold: float = 0.0   # A beats B when the 95% interval of mean(A - B) lies above this
+    worse: tuple             # the method(s) it beats (B; a list: A must beat each one)
+    metric: str              # the per-item score compared (e.g. "hit@1", "(hit@10+hit@50)/2")
+    threshold: float = 0.0   # A beats B when the 95% interval of mean(A - B) lies above this; a negative
+                             # threshold -d reads "A is within d of B" (the paper's "competitive")
     proxy: str = ""          # when the check stands in for the paper's claim: why, in one sentence
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"claim {self.id!r}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if not self.text.strip():
+        if not str(self.text).strip():
             raise ValueError(f"claim {self.id!r}: its text is empty")
+        worse = (self.worse,) if isinstance(self.worse, str) else tuple(self.worse)
+        if not worse or self.better in worse:
+            raise ValueError(f"claim {self.id!r}: `worse` must name other methods than {self.better!r}, got {worse}")
+        object.__setattr__(self, "worse", worse)
+
+    @property
+    def comparison(self) -> str:
+        """The comparison in words, e.g. "MAAF > TIRG, concat on R@1"."""
+        relation = ">" if self.threshold >= 0 else f"within {-self.threshold:g} of"
+        margin = f" by more than {self.threshold:g}" if self.threshold > 0 else ""
+        return f"{self.better} {relation} {', '.join(self.worse)}{margin} on {self.metric}"
 
 
 def declared_claims(p) -> dict[str, Claim]:
     """The claims a notebook's Params declare (section `claims`), by id, in declaration order."""
-    section = p["claims"] if "claims" in p else {}
-    section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    section = dict(p.get("claims") or {}) if hasattr(p, "get") else {}
     return {cid: Claim(id=cid, **dict(fields)) for cid, fields in section.items()}
 
 
 @dataclass
 class Decision:
-    """How a claim was decided: the numbers `Reporter.decide` writes into claims.csv."""
+    """How a claim was decided: the numbers `Reporter.decide` writes into claims.csv. With several `worse`
+    methods, the numbers are those of the closest comparison (the lowest interval)."""
 
     passed: bool
     difference: float        # mean over items (and seeds) of A - B
@@ -65,27 +77,41 @@ class Decision:
     detail: str              # the numbers, in words
 
 
-def decide(claim: Claim, better, worse, clusters=None, n_boot: int = 2000, seed: int = 0,
+def _rows(x) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return x.unsqueeze(0) if x.dim() == 1 else x
+
+
+def decide(claim: Claim, scores: dict, clusters=None, n_boot: int = 2000, seed: int = 0,
            cluster_name: str = "test items") -> Decision:
-    """The one test of "A beats B": per-item scores of both methods on the same test items, one row per
-    training seed ([seeds, items] or [items]); the per-item difference is averaged over seeds (pooling the
-    seeds), and its mean gets a bootstrap interval over `clusters` (whole clusters resampled; None: every
-    item its own). A beats B when the interval's lower end is above `claim.threshold`."""
-    a = torch.as_tensor(better, dtype=torch.float64)
-    b = torch.as_tensor(worse, dtype=torch.float64)
-    a, b = (a.unsqueeze(0) if a.dim() == 1 else a), (b.unsqueeze(0) if b.dim() == 1 else b)
-    if a.shape != b.shape:
-        raise ValueError(f"claim {claim.id!r}: scores of {claim.better} {tuple(a.shape)} and {claim.worse} "
-                         f"{tuple(b.shape)} must be paired (same seeds, same items)")
-    clusters = torch.arange(a.shape[1]) if clusters is None else torch.as_tensor(clusters)
-    diff, lo, hi = paired_bootstrap(a.mean(0), b.mean(0), clusters, n_boot=n_boot, seed=seed)
+    """The one test of "A beats B". `scores`: per-item scores of each method named by the claim on the same
+    test items, one row per training seed ([seeds, items], or [items] for one seed). The per-item difference
+    A - B is averaged over seeds (pooling them) and its mean gets a bootstrap interval over `clusters` (whole
+    clusters resampled, the same resamples for every B; None: every item its own cluster). A beats B when the
+    interval's lower end is above `claim.threshold`; with several B, A must beat each one."""
+    missing = [m for m in (claim.better, *claim.worse) if m not in scores]
+    if missing:
+        raise ValueError(f"claim {claim.id!r}: no scores for {missing} (have {sorted(scores)})")
+    a = _rows(scores[claim.better])
+    n_items = a.shape[1]
+    clusters = torch.arange(n_items) if clusters is None else torch.as_tensor(clusters)
+    parts = []
+    for name in claim.worse:
+        b = _rows(scores[name])
+        if a.shape != b.shape:
+            raise ValueError(f"claim {claim.id!r}: scores of {claim.better} {tuple(a.shape)} and {name} "
+                             f"{tuple(b.shape)} must be paired (same seeds, same items)")
+        diff, lo, hi = paired_bootstrap(a.mean(0), b.mean(0), clusters, n_boot=n_boot, seed=seed)
+        parts.append((lo, name, diff, hi, float(b.mean())))
+    lo, name, diff, hi, worse_score = min(parts)
     n_clusters = int(torch.unique(clusters).numel())
-    criterion = (f"paired bootstrap over {n_clusters} {cluster_name}, {a.shape[0]} seed(s) pooled: "
-                 f"95% interval of mean({claim.metric} {claim.better} - {claim.worse}) above {claim.threshold:g}")
-    detail = (f"{claim.better} {float(a.mean()):.3f} vs {claim.worse} {float(b.mean()):.3f} (difference "
-              f"{diff:+.3f}, 95% interval {lo:+.3f} to {hi:+.3f}; {a.shape[0]} seed(s))")
-    return Decision(lo > claim.threshold, diff, lo, hi, float(a.mean()), float(b.mean()), int(a.shape[0]),
-                    criterion, detail)
+    criterion = (f"paired bootstrap over {n_clusters} {cluster_name}, {a.shape[0]} seed(s) pooled: 95% interval "
+                 f"of mean {claim.metric} difference above {claim.threshold:g}"
+                 + (" for every compared method" if len(parts) > 1 else ""))
+    detail = f"{claim.better} {float(a.mean()):.3f}; " + "; ".join(
+        f"vs {n} {w:.3f}: {d:+.3f} [{l:+.3f}, {h:+.3f}]" for l, n, d, h, w in parts) + f" ({a.shape[0]} seed(s))"
+    return Decision(all(p[0] > claim.threshold for p in parts), diff, lo, hi, float(a.mean()), worse_score,
+                    int(a.shape[0]), criterion, detail)
 
 
 def paired_bootstrap(a, b, clusters, n_boot: int = 2000, seed: int = 0,

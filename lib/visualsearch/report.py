@@ -131,7 +131,7 @@ def context_rows(paper: str, table: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- what a notebook shows
 
-CLAIM_COLUMNS = ["claim", "source", "verdict", "criterion", "detail"]  # what claims.md and the notebook show
+CLAIM_COLUMNS = ["claim", "comparison", "source", "verdict", "criterion", "detail"]  # what claims.md and the notebook show
 
 SMOKE_NOTE = ("Smoke preset: tiny data and models that test the code, not the papers; the checks run but no "
               "verdict is drawn. The committed default run holds the verdicts.")
@@ -333,17 +333,20 @@ class Reporter:
 
     # claims -------------------------------------------------------------
     def check(self, claim: str, passed: bool, detail: str, measured: float | None = None, source: str = "paper",
-              criterion: str = "", seeds: int | None = None, proxy: str = "") -> bool:
+              criterion: str = "", seeds: int | None = None, proxy: str = "", comparison: str = "",
+              claim_id: str | None = None) -> bool:
         """Record whether a claim held on this preset. Never raises: a claim that does not reproduce is a
         result, written into claims.csv with its numbers. `source`: paper | extension | exploratory (see
         claims.Claim); `criterion`: the test in words; `seeds`: training seeds it rests on; `proxy`: why the
         check stands in for the paper's words, when it does. At the smoke preset (tiny data and models, a test
-        of the code) the check still runs but its verdict is "not evaluated". Prefer `decide`."""
-        self.claims = [c for c in self.claims if c["claim"] != claim]
+        of the code) the check still runs but its verdict is "not evaluated". Prefer `decide`. A claim checked
+        again (same `claim_id`, else same text) replaces its earlier row."""
+        claim_id = claim_id or claim
+        self.claims = [c for c in self.claims if c["id"] != claim_id]
         verdict = verdict_of(bool(passed), self.preset)
-        self.claims.append({"claim": claim, "source": source, "reproduced": bool(passed), "verdict": verdict,
-                            "criterion": criterion, "seeds": seeds, "detail": detail, "proxy": proxy,
-                            "measured": measured, "preset": self.preset})
+        self.claims.append({"id": claim_id, "claim": claim, "comparison": comparison, "source": source,
+                            "reproduced": bool(passed), "verdict": verdict, "criterion": criterion, "seeds": seeds,
+                            "detail": detail, "proxy": proxy, "measured": measured, "preset": self.preset})
         df = pd.DataFrame(self.claims)
         csv = self.results_dir / "claims.csv"
         if not self.enabled:
@@ -359,7 +362,8 @@ class Reporter:
     def decide(self, claim, decision) -> bool:
         """Record a declared claim (claims.Claim) as decided by claims.decide (claims.Decision)."""
         return self.check(claim.text, decision.passed, decision.detail, decision.difference, source=claim.source,
-                          criterion=decision.criterion, seeds=decision.seeds, proxy=claim.proxy)
+                          criterion=decision.criterion, seeds=decision.seeds, proxy=claim.proxy,
+                          comparison=claim.comparison, claim_id=claim.id)
 
     def claims_table(self) -> "Table":
         """The claims checked so far, to show in the notebook (claim, verdict, numbers)."""
@@ -390,7 +394,8 @@ def claims_index_lines(c: pd.DataFrame) -> list[str]:
         for r in rows.itertuples():
             symbol = mark.get(r.verdict, "⏸") if source != "exploratory" else "•"
             proxy = f" (checked by a proxy: {r.proxy})" if isinstance(getattr(r, "proxy", None), str) and r.proxy else ""
-            lines.append(f"- {symbol} {r.claim}{proxy} ({r.verdict}): {r.detail}")
+            comparison = f" [{r.comparison}]" if isinstance(getattr(r, "comparison", None), str) and r.comparison else ""
+            lines.append(f"- {symbol} {r.claim}{comparison}{proxy} ({r.verdict}): {r.detail}")
         lines.append("")
     return lines
 

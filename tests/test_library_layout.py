@@ -103,3 +103,14 @@ def test_the_old_per_paper_modules_are_gone():
     old = ["triplet_search.py", "face_attributes.py", "face_report.py", "sharing.py", "maaf_experiments.py",
            "maaf_report.py", "cfq_experiment.py"]
     assert not [f for f in old if (LIB / f).exists()]
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_presentation_modules_reach_no_model_training_or_experiment(paper):
+    """A paper's tables, figures and claims take computed results: drawing a figure never builds or trains a
+    model (CONTRIBUTING, 'Adding a paper')."""
+    for module in ("tables", "figures", "claims"):
+        closure = import_closure([f"visualsearch.papers.{paper}.{module}"], LIB)
+        reached = [f.relative_to(LIB).as_posix() for f in closure
+                   if f.relative_to(LIB).parts[0] == "models" or f.name in ("train.py", "experiment.py")]
+        assert not reached, f"papers/{paper}/{module}.py reaches {reached}"

@@ -85,33 +85,36 @@ def _rows(x) -> torch.Tensor:
 def decide(claim: Claim, scores: dict, clusters=None, n_boot: int = 2000, seed: int = 0,
            cluster_name: str = "test items") -> Decision:
     """The one test of "A beats B". `scores`: per-item scores of each method named by the claim on the same
-    test items, one row per training seed ([seeds, items], or [items] for one seed). The per-item difference
-    A - B is averaged over seeds (pooling them) and its mean gets a bootstrap interval over `clusters` (whole
-    clusters resampled, the same resamples for every B; None: every item its own cluster). A beats B when the
-    interval's lower end is above `claim.threshold`; with several B, A must beat each one."""
+    test items, one row per training seed ([seeds, items], or [items] for one seed; methods may have different
+    numbers of seeds). Each method's per-item score is averaged over its seeds (pooling them), and the mean of
+    the per-item difference A - B gets a bootstrap interval over `clusters` (whole clusters resampled, the same
+    resamples for every B; None: every item its own cluster). A beats B when the interval's lower end is above
+    `claim.threshold`; with several B, A must beat each one. `Decision.seeds` is the fewest seeds of any
+    compared method."""
     missing = [m for m in (claim.better, *claim.worse) if m not in scores]
     if missing:
         raise ValueError(f"claim {claim.id!r}: no scores for {missing} (have {sorted(scores)})")
     a = _rows(scores[claim.better])
     n_items = a.shape[1]
     clusters = torch.arange(n_items) if clusters is None else torch.as_tensor(clusters)
-    parts = []
+    parts, seeds = [], a.shape[0]
     for name in claim.worse:
         b = _rows(scores[name])
-        if a.shape != b.shape:
+        if a.shape[1] != b.shape[1]:
             raise ValueError(f"claim {claim.id!r}: scores of {claim.better} {tuple(a.shape)} and {name} "
-                             f"{tuple(b.shape)} must be paired (same seeds, same items)")
+                             f"{tuple(b.shape)} must be paired (the same test items)")
+        seeds = min(seeds, b.shape[0]) if parts else min(a.shape[0], b.shape[0])
         diff, lo, hi = paired_bootstrap(a.mean(0), b.mean(0), clusters, n_boot=n_boot, seed=seed)
         parts.append((lo, name, diff, hi, float(b.mean())))
     lo, name, diff, hi, worse_score = min(parts)
     n_clusters = int(torch.unique(clusters).numel())
-    criterion = (f"paired bootstrap over {n_clusters} {cluster_name}, {a.shape[0]} seed(s) pooled: 95% interval "
+    criterion = (f"paired bootstrap over {n_clusters} {cluster_name}, {seeds}+ seed(s) pooled per method: 95% interval "
                  f"of mean {claim.metric} difference above {claim.threshold:g}"
                  + (" for every compared method" if len(parts) > 1 else ""))
     detail = f"{claim.better} {float(a.mean()):.3f}; " + "; ".join(
-        f"vs {n} {w:.3f}: {d:+.3f} [{l:+.3f}, {h:+.3f}]" for l, n, d, h, w in parts) + f" ({a.shape[0]} seed(s))"
+        f"vs {n} {w:.3f}: {d:+.3f} [{l:+.3f}, {h:+.3f}]" for l, n, d, h, w in parts) + f" ({seeds}+ seed(s))"
     return Decision(all(p[0] > claim.threshold for p in parts), diff, lo, hi, float(a.mean()), worse_score,
-                    int(a.shape[0]), criterion, detail)
+                    int(seeds), criterion, detail)
 
 
 def paired_bootstrap(a, b, clusters, n_boot: int = 2000, seed: int = 0,

@@ -49,6 +49,16 @@ def test_sharing_patterns_and_chosen_network(out):
 def test_claims_and_figures(out):
     claims = pd.read_csv(out / "results" / NB / "claims.csv")
     assert len(claims) == 6 and claims.detail.str.len().min() > 20
+    assert list(claims.id) == ["emotion_earlier", "age_earlier", "gender_little", "ethnicity_little", "one_gflop",
+                               "chosen_vs_separate"]
+    source = dict(zip(claims.id, claims.source))
+    assert [i for i, s in source.items() if s == "paper"] == ["emotion_earlier", "age_earlier", "one_gflop"]
+    assert set(source.values()) == {"paper", "extension"}
+    assert (claims.seeds == 2).all() and claims.criterion.str.len().min() > 20  # the smoke preset's 2 seeds
+    assert claims.comparison.str.len().min() > 10 and claims.verdict.str.startswith("not evaluated").all()
+    depth = claims.set_index("id").loc["emotion_earlier"]
+    assert "selection half" in depth.criterion and "capacity control" in depth.detail
+    assert claims.set_index("id").loc["one_gflop"].proxy.strip()
     figs = {p.stem for p in (out / "figures" / NB).glob("*.png")}
     assert figs >= {"accuracy_vs_depth", "flops_vs_accuracy", "confusion_matrices", "faces_identities_by_emotion",
                     "predictions_grid"}

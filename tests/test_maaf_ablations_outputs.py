@@ -47,9 +47,33 @@ def test_ablations_and_claims(out):
     full = ab[(ab.method == "MAAF (full model)") & (ab.metric == "change vs full model")]["reproduced"]
     assert full.iloc[0] == 0
     claims = read(out, "claims")
-    beats = claims[claims["claim"].str.startswith("MAAF beats")]
-    assert len(beats) == 2 and beats["detail"].str.contains("margins").all()
-    assert claims["claim"].str.contains("region they name").any()
+    assert {"id", "claim", "comparison", "source", "verdict", "criterion", "seeds", "detail", "proxy"} <= set(claims.columns)
+    assert list(claims["id"]) == ["fiq_beats_baselines", "css_beats_baselines", "f200k_competitive",
+                                  "b2w_beats_baselines", "spot_beats_baselines", "words_avoid_named_region"]
+    assert set(claims["source"]) == {"paper"} and (claims["seeds"] == 2).all()  # every claim decided, on 2 seeds
+    assert claims["criterion"].str.startswith("paired bootstrap over").all()
+    assert set(claims["verdict"]) == {"not evaluated (smoke size)"}
+    assert claims.set_index("id")["proxy"].notna().tolist() == [False] * 5 + [True]
+    assert claims.set_index("id").loc["f200k_competitive", "comparison"].startswith("MAAF within 0.02 of TIRG, concat")
+
+
+def test_the_per_seed_table_holds_every_decided_claim(out):
+    scores = read(out, "claim_scores")
+    assert {f"seed {s}" for s in (0, 1)} | {"seeds pooled", "items"} == set(scores["metric"])
+    assert {d.split(" (")[0] for d in scores["dataset"]} == set(read(out, "claims")["id"])
+    pooled = scores[scores.metric == "seeds pooled"].set_index(["dataset", "method"])["reproduced"]
+    by_seed = scores[scores.metric.str.startswith("seed ")].groupby(["dataset", "method"])["reproduced"].mean()
+    assert pooled.sort_index().to_numpy() == pytest.approx(by_seed.sort_index().to_numpy())  # same items per seed
+    costs = read(out, "run_costs")
+    assert {"MAAF, seed 1", "tirg, seed 1"} <= set(costs[costs.dataset == "css"]["method"])
+    places = read(out, "css_place_attention")
+    assert {"MAAF (seed 0)", "MAAF (seed 1)"} == set(places["method"])
+
+
+def test_css_table_shows_the_published_r1(out):
+    css = read(out, "css_recall")
+    row = css[(css.method == "MAAF") & (css.metric == "R@1")].iloc[0]
+    assert row["reported"] == pytest.approx(87.8) and "3D-to-3D" in row["reported_source"]
 
 
 def test_figures_and_sidecars(out):

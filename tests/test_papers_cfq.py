@@ -10,6 +10,7 @@ from visualsearch import cfq_metrics as cm
 from visualsearch.data.images import ImageStore
 from visualsearch.models import clip as C
 from visualsearch.papers.cfq import claims, data as cd, experiment as cx, figures, tables
+from stubs import RecordingReporter
 
 
 def test_image_index_dedupes_normalises_and_counts_unreadable(tmp_path):
@@ -64,64 +65,154 @@ def test_stored_state_leaves_out_the_frozen_minilm():
     assert sum(v.numel() for v in state.values()) < 2_000_000  # MiniLM alone has 22M
 
 
-def _result(numbers):
-    """A run's result as far as the headline numbers go: (FIQ (R@10+R@50)/2, accurate mAP, similar mAP, nDCG)."""
-    fiq, accurate, similar, ndcg = numbers
-    return {"fiq": {"(R@10+R@50)/2": fiq},
-            "cfq_primary": {"accurate mAP": accurate, "similar mAP": similar, "nDCG": ndcg}}
+def _result(per_item, n_cfq=None):
+    """A run's result as far as claims and the per-seed table go: per-item scores of every PER_ITEM metric
+    (`per_item`: {metric: scores}, or one array used for every metric), the headline numbers their means."""
+    if not isinstance(per_item, dict):
+        per_item = {m: per_item for m in cx.PER_ITEM}
+    per_item = {m: np.asarray(v, dtype=float) for m, v in per_item.items()}
+    items = {m: {"keys": [f"{m}/{i}" for i in range(len(v))], "clusters": [i // 2 for i in range(len(v))]}
+             for m, v in per_item.items()}
+    mean = {m: 100 * float(v.mean()) for m, v in per_item.items()}
+    return {"per_item": per_item, "items": items, "fiq": {"(R@10+R@50)/2": mean[cx.FIQ_ITEM]},
+            "cfq_primary": {"accurate mAP": mean["CFQ accurate AP"], "similar mAP": mean["CFQ similar AP"],
+                            "nDCG": mean["CFQ nDCG"]}}
 
 
-class _Results:
-    """What `claims.check_claims` reads of a CFQExperiment: full-data results per run and, optionally, results
-    per (run, share) of the data-limited sweep, its shares and the training pairs at each (of 600)."""
+def _default_claims():
+    from visualsearch.config import load_params
 
-    def __init__(self, numbers, limited=None):
-        self.results = {r: _result(v) for r, v in numbers.items()}
-        self.limited = {key: _result(v) for key, v in (limited or {}).items()}
-        self.shares = sorted({share for _, share in self.limited})
-        self.pair_counts = {share: round(600 * share) for share in (1.0, *self.shares)}
-
-    def check(self, rep):
-        return claims.check_claims(self.results, self.limited, self.shares, self.pair_counts, rep)
+    p = load_params("cfq_evaluation", "default")
+    return p, claims.declared_claims(p)
 
 
-class _Rep:
-    def __init__(self):
-        self.checks = []
+def test_declared_claims_parse_and_name_runs_and_scores_the_code_produces():
+    """Every declared claim compares runs of the grid on per-item scores `evaluate_all` produces; the paper's
+    claims are the paper's (source paper, its words), rest on >= 3 training seeds at the default preset and
+    are off the sweep; the sweep's claims are exploratory and compare runs the sweep trains."""
+    from visualsearch.config import load_params
 
-    def check(self, claim, passed, detail, measured=None):
-        self.checks.append((claim, passed, detail))
+    p, declared = _default_claims()
+    assert set(declared) >= {"pretraining_matters", "imfq_adds_va", "imfq_adds_raf", "raf_keeps_pretraining"}
+    paper_md = (__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "papers" / "cfq.md")
+    on_sweep = p.claim_tests["on_data_limited"]
+    for cid, c in declared.items():
+        assert set(claims.metrics_of(c)) <= set(cx.PER_ITEM) and claims.metrics_of(c), cid
+        assert all(r in cx.RUNS and r in p.runs for r in claims.runs_of(c)), cid
+        if c.source == "paper":
+            assert cid not in on_sweep and c.threshold == 0.0
+            if paper_md.is_file():
+                words = " ".join(paper_md.read_text().replace("**", "").split()).lower()
+                assert c.text.lower() in words, cid  # the paper's words, as the facts quote them
+        if cid in on_sweep:
+            assert c.source == "exploratory" and set(claims.runs_of(c)) <= set(p.data_limited["runs"]), cid
+    assert set(on_sweep) <= set(declared)
+    assert p.claim_tests["seeds"] >= 3
+    assert load_params("cfq_evaluation", "paper", {"model": {"clip_path": "/x"}}).claim_tests["seeds"] >= 2
+    assert claims.seeded_runs(declared, on_sweep) == ["clip-fiq", "scratch-fiq", "clip-imfq-fiq", "raf-imfq-fiq",
+                                                      "raf-fiq", "af-fiq"]
+    shown = claims.declared_table(declared)
+    assert list(shown.id) == list(declared) and shown.comparison.str.contains(" > ").all()
 
 
-def test_claims_need_every_headline_number():
-    numbers = {"clip-fiq": (50, 60, 70, 80), "scratch-fiq": (40, 59, 69, 79),
-               "clip-imfq-fiq": (55, 61, 71, 81), "raf-fiq": (52, 62, 72, 82), "raf-imfq-fiq": (53, 62, 71, 83),
-               "af-fiq": (51, 61, 70, 80)}
-    rep = _Rep()
-    out = _Results(numbers).check(rep)
-    assert [c["passed"] for c in out] == [True, False, True]  # raf-imfq-fiq loses similar mAP (71 < 72)
-    assert "(-1.0)" in out[1]["detail"] and "(+10.0)" in out[0]["detail"]
-    assert len(rep.checks) == 3
+def test_claims_are_decided_on_every_score_pooled_over_seeds():
+    """A claim holds only if A beats B on each of its per-item scores; the seeds' per-item scores are pooled; the
+    sweep's claims hold only if they hold at every share; a claim whose runs did not run is not recorded."""
+    p, declared = _default_claims()
+    rng = np.random.default_rng(0)
+    n = 120
+    base = rng.random((3, n))
+
+    def runs(shift, worse_on=None):
+        out = []
+        for k in range(3):
+            scores = {m: base[k] + (shift if m != worse_on else -shift) for m in cx.PER_ITEM}
+            out.append(_result(scores))
+        return out
+    seeded = {"scratch-fiq": runs(0.0), "clip-fiq": runs(0.3), "clip-imfq-fiq": runs(0.5),
+              "raf-fiq": runs(0.6), "raf-imfq-fiq": runs(0.8, worse_on="CFQ similar AP"), "af-fiq": runs(0.5)}
+    limited = {("clip-fiq", 0.5): _result(base[0] + 0.2), ("scratch-fiq", 0.5): _result(base[0]),
+               ("clip-fiq", 0.25): _result(base[0] + 0.2), ("scratch-fiq", 0.25): _result(base[0] + 0.3)}
+    rep = RecordingReporter()
+    out = claims.decide_claims(declared, seeded, limited, [0.25, 0.5], {1.0: 600, 0.5: 300, 0.25: 150}, rep,
+                               on_data_limited=p.claim_tests["on_data_limited"], n_boot=300)
+    verdicts = {o["id"]: o["passed"] for o in out}
+    assert verdicts == {"pretraining_matters": True, "imfq_adds_va": True, "imfq_adds_raf": False,
+                        "raf_keeps_pretraining": True, "scarce_pretraining": False}  # scarce_raf: RAF not swept
+    decided = {c.id: d for c, d in rep.decided}
+    assert all(decided[c].seeds == 3 for c in ("pretraining_matters", "raf_keeps_pretraining"))
+    assert decided["scarce_pretraining"].seeds == 1
+    raf = decided["imfq_adds_raf"]
+    assert raf.difference == pytest.approx(-1.4) and raf.high < 0  # the failing score (similar AP) decides
+    assert "CFQ similar AP" in raf.detail and raf.detail.count(" | ") == len(cx.PER_ITEM) - 1
+    assert "all required" in raf.criterion and "3 seed(s) pooled" in raf.criterion and "CFQ nDCG" in raf.criterion
+    assert "reference images" in raf.criterion and "query images" in raf.criterion
+    keeps = decided["raf_keeps_pretraining"]
+    assert keeps.difference == pytest.approx(0.1)  # the closer of clip-fiq (0.3) and af-fiq (0.5)
+    scarce = decided["scarce_pretraining"]
+    assert "150 FIQ pairs" in scarce.detail and "300 FIQ pairs" in scarce.detail and "each of 2 shares" in scarce.criterion
+    # pooling: a seed where B wins by less than A wins on the others still leaves the pooled claim standing
+    seeded["clip-fiq"] = [_result(base[0] - 0.1), _result(base[1] + 0.4), _result(base[2] + 0.4)]
+    rep = RecordingReporter()
+    claims.decide_claims({"pretraining_matters": declared["pretraining_matters"]}, seeded, {}, [], {}, rep)
+    assert rep.decided[0][1].passed and rep.decided[0][1].difference == pytest.approx(0.7 / 3)
 
 
-def test_scarce_data_claims_need_every_share():
-    """The sweep's checks hold only if the comparison holds at every share; the detail names the pair counts."""
-    numbers = {"clip-fiq": (50, 60, 70, 80), "scratch-fiq": (55, 59, 69, 79), "raf-fiq": (52, 62, 72, 82),
-               "af-fiq": (51, 61, 70, 80)}
-    limited = {("clip-fiq", 0.25): (40, 60, 70, 80), ("scratch-fiq", 0.25): (30, 50, 60, 70),
-               ("clip-fiq", 0.5): (45, 60, 70, 80), ("scratch-fiq", 0.5): (44, 59, 71, 79)}
-    rep = _Rep()
-    out = _Results(numbers, limited).check(rep)
-    by_claim = {c["claim"]: c for c in out}
-    assert not by_claim["Multimodal pretraining helps over none (CLIP VA + FIQ beats the same model trained on FIQ "
-                        "from scratch)"]["passed"]                    # FIQ recall 50 < 55 on the full data
-    scarce = [c for c in out if c["claim"].startswith("With scarce")]
-    assert len(scarce) == 1                                           # RAF and AF were not swept: no check
-    assert not scarce[0]["passed"]                                    # similar mAP 70 < 71 on 300 pairs
-    assert "on 150 FIQ pairs" in scarce[0]["detail"] and "on 300 FIQ pairs" in scarce[0]["detail"]
-    limited[("scratch-fiq", 0.5)] = (44, 59, 69, 79)
-    out = _Results(numbers, limited).check(_Rep())
-    assert [c["passed"] for c in out if c["claim"].startswith("With scarce")] == [True]
+def test_decide_matches_a_direct_paired_bootstrap_and_refuses_unpaired_items():
+    """The conjunction's per-score decisions are visualsearch.claims.decide on [seeds, items] with the stored
+    clusters; items that differ between runs or seeds are refused, not silently compared."""
+    from visualsearch import claims as vc
+
+    _, declared = _default_claims()
+    claim = declared["pretraining_matters"]
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 40)), rng.random((2, 40))
+    results = {"clip-fiq": [_result(x) for x in a], "scratch-fiq": [_result(x) for x in b]}
+    got = claims.decide_all_metrics(claim, results, n_boot=500)
+    direct = vc.paired_bootstrap(torch.tensor(a.mean(0)), torch.tensor(b.mean(0)), np.arange(40) // 2, n_boot=500)
+    assert (got.difference, got.low, got.high) == pytest.approx(direct)
+    assert got.passed == (direct[1] > 0)
+    shifted = _result(b[0])
+    shifted["items"][cx.FIQ_ITEM]["keys"] = shifted["items"][cx.FIQ_ITEM]["keys"][::-1]
+    with pytest.raises(ValueError, match="differ between seeds"):
+        claims.decide_all_metrics(claim, {"clip-fiq": results["clip-fiq"], "scratch-fiq": [_result(b[1]), shifted]})
+    with pytest.raises(ValueError, match="different"):
+        claims.decide_all_metrics(claim, {"clip-fiq": results["clip-fiq"], "scratch-fiq": [shifted, shifted]})
+    with pytest.raises(ValueError, match="no per-item scores"):
+        claims.per_item([{"per_item": {}}], cx.FIQ_ITEM)
+
+
+def test_seed_table_has_every_run_seed_and_headline_number():
+    results = {"clip-fiq": [_result(np.full(4, x)) for x in (0.5, 0.6)],
+               "scratch-fiq": [_result(np.full(4, x)) for x in (0.4, 0.3)]}
+    table = tables.seed_table(results, [0, 1], "CFQ")
+    assert len(table) == 2 * 2 * 4 and set(table.metric) == set(tables.HEADLINE)
+    row = table[(table.method == "VA, no pretraining, FIQ") & (table.seed == 1) & (table.metric == "CFQ nDCG")]
+    assert row.dataset.tolist() == ["CFQ, training seed 1"]
+    assert row.reproduced.tolist() == [pytest.approx(30.0)]
+    with pytest.raises(ValueError, match="seeds"):
+        tables.seed_table(results, [0, 1, 2], "CFQ")
+
+
+def test_training_seeds_change_what_is_drawn_not_the_data(tmp_path):
+    """A run at another training seed is keyed and drawn with that seed (new layers, the from-scratch model),
+    while the pretrained dual encoder and the data stay the preset seed's; the preset's seed is the grid's run."""
+    from types import SimpleNamespace
+
+    from visualsearch.config import load_params
+
+    exp = cx.CFQExperiment.models_only(load_params("cfq_evaluation", "smoke"), cx.result_cache(tmp_path / "r"))
+    assert exp.training_seeds() == [0, 1]
+    exp.data = SimpleNamespace(fingerprints={"cfq": "abc"})
+    k0, k1 = exp.run_key("raf-fiq"), exp.run_key("raf-fiq", seed=1)
+    assert k0 == exp.run_key("raf-fiq", seed=0) and k1["seed"] == 1
+    assert {k for k in k0 if k0[k] != k1[k]} == {"seed"} and k1["pretrain"]["seed"] == 0
+    assert exp.run_label("raf-fiq", seed=1) == "raf-fiq, seed 1" and exp.run_label("raf-fiq", seed=0) == "raf-fiq"
+    a, b = exp.new_clip(0).state_dict(), exp.new_clip(1).state_dict()
+    assert not torch.equal(a["image.projection.weight"], b["image.projection.weight"])
+    assert torch.equal(a["image.projection.weight"], exp.new_clip().state_dict()["image.projection.weight"])
+    with pytest.raises(ValueError, match="preset's seed"):
+        exp.run("clip-fiq", 0.5, seed=1)
 
 
 # ------------------------------------------------------------------ the paper preset's local CLIP and settings
@@ -393,6 +484,76 @@ def test_fiq_recall_through_search_equals_the_direct_retrieval():
     rec = recall_at_k(top.indices, torch.tensor(d["query_labels"]), torch.tensor(d["gallery_labels"]), (10, 50))
     assert out["dress R@10"] == 100 * rec[10] and out["dress R@50"] == 100 * rec[50]
     assert out["(R@10+R@50)/2"] == (out["avg R@10"] + out["avg R@50"]) / 2
+
+
+def test_fiq_per_query_scores_against_a_naive_loop():
+    """Each query's (hit@10 + hit@50) / 2 is what a plain loop over its ranking gives (reference excluded, k capped
+    at the retrievable items); their mean per category is that category's (R@10+R@50)/2; clusters are the
+    reference images, queries in category then file order."""
+    torch.manual_seed(2)
+    feats = {"v": torch.randn(90, 3)}
+    gen = np.random.default_rng(3)
+    fiq_val = {}
+    for cat, (lo, hi) in {"dress": (0, 70), "shirt": (70, 90)}.items():  # shirt: 20 items, k=50 is capped at 19
+        gallery = list(range(lo, hi))
+        refs = [int(i) for i in gen.choice(gallery, size=9)]            # repeated references allowed
+        fiq_val[cat] = {"refs": refs, "texts": ["abc"[: 1 + i % 3] for i in range(9)],
+                        "exclude": [gallery.index(r) for r in refs],
+                        "query_labels": gen.integers(0, 12, size=9).tolist(), "gallery": gallery,
+                        "gallery_labels": (np.arange(len(gallery)) % 12).tolist()}
+    inputs = cx.ImageInputs(None, feats)
+    out, per_query, refs = cx.fiq_evaluation(_Model(), inputs, fiq_val)
+    naive = []
+    for cat, d in fiq_val.items():
+        q, g = cx.embed(_Model(), inputs, d["refs"], d["texts"]), cx.embed(_Model(), inputs, d["gallery"])
+        for i in range(len(d["refs"])):
+            sims = (g @ q[i]).tolist()
+            order = sorted((j for j in range(len(sims)) if j != d["exclude"][i]), key=lambda j: (-sims[j], j))
+            hit = [any(d["gallery_labels"][j] == d["query_labels"][i] for j in order[:k]) for k in (10, 50)]
+            naive.append((hit[0] + hit[1]) / 2)
+    assert per_query.tolist() == naive
+    assert refs == fiq_val["dress"]["refs"] + fiq_val["shirt"]["refs"]
+    for c, part in (("dress", per_query[:9]), ("shirt", per_query[9:])):
+        assert 100 * part.mean() == pytest.approx((out[f"{c} R@10"] + out[f"{c} R@50"]) / 2)
+    assert out == cx.evaluate_fiq(_Model(), inputs, fiq_val)
+
+
+def test_cfq_per_group_scores_are_the_primary_metrics_per_group():
+    """The CFQ per-item scores are the per-(query, caption) AP and nDCG the primary metrics average: AP against
+    scikit-learn, their mean per subset weighted by query images equal to the primary metrics; groups where AP is
+    undefined (one class) are left out; clusters are the query images."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for subset in ("broad", "narrow"):
+        for q in range(4 if subset == "broad" else 2):
+            for cap in ("a", "b"):
+                for item in range(6):
+                    rows.append({"subset": subset, "query_hash": f"{subset}{q}", "caption": cap,
+                                 "catalog_hash": f"c{item}", "accurate": rng.choice([-1, 0, 1]) * 1.0,
+                                 "similar": rng.choice([-1, 0, 1]) * 1.0})
+    rows += [{"subset": "broad", "query_hash": "broad0", "caption": "one class", "catalog_hash": f"c{i}",
+              "accurate": 1.0, "similar": 1.0} for i in range(3)]
+    agg = cm.aggregate_judgments(pd.DataFrame(rows).assign(annotator=0))
+    scores = rng.normal(size=len(agg))
+    res = cm.cfq_metrics(agg, scores)
+    items = cx.cfq_per_group(res.per_group)
+    assert set(items) == set(cx.PER_ITEM) - {cx.FIQ_ITEM}
+    values, keys, clusters = items["CFQ accurate AP"]
+    assert not any("one class" in k for k in keys) and len(keys) == len(values) == len(clusters)
+    for v, key, cluster in zip(values, keys, clusters):
+        subset, query, caption = key.split("/")
+        assert cluster == query
+        rows_ = (agg.subset == subset) & (agg.query_hash == query) & (agg.caption == caption)
+        assert v == pytest.approx(average_precision_score(agg.loc[rows_, "accurate_0"], scores[rows_.to_numpy()]))
+    weights = agg.groupby("subset").query_hash.nunique()
+    for name, primary in (("CFQ accurate AP", "accurate mAP"), ("CFQ similar AP", "similar mAP"),
+                          ("CFQ nDCG", "nDCG")):
+        values, keys, _ = items[name]
+        subsets = pd.Series([k.split("/")[0] for k in keys])
+        means = pd.Series(values).groupby(subsets).mean()
+        assert (means * weights[means.index]).sum() / weights[means.index].sum() == pytest.approx(res.primary()[primary])
 
 
 # ------------------------------------------------------------------------------ what tables and figures read

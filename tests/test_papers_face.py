@@ -1,5 +1,5 @@
 """The face paper's home (visualsearch.papers.face): data loading (world and real formats), scoring, the grid's
-runs, tables, claims; and that presentation code stays out of what the cache keys on."""
+runs, tables; and that presentation code stays out of what the cache keys on."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix
 from visualsearch.data.errors import DataFormatError
 from visualsearch.data.faces import EMOTIONS
 from visualsearch.data.images import ImageStore
-from visualsearch.papers.face import claims, tables
+from visualsearch.papers.face import tables
 from visualsearch.papers.face import experiment as fx
 from visualsearch.papers.face.data import ATTRIBUTES, FaceData, FaceSplit, load_data
 
@@ -57,16 +57,6 @@ def _runs(gains):
                              "accuracy": base + (gain if d == 1 else gain / 2 if d < 4 else 0) + noise * (s - 1),
                              "mae_years": np.nan})
     return pd.DataFrame(rows)
-
-
-def test_depth_claims_judge_gain_against_seed_spread():
-    runs = _runs({"emotion": (0.3, 0.3, 0.01), "age": (0.3, 0.02, 0.03), "gender": (0.8, 0.02, 0.01),
-                  "ethnicity": (0.6, 0.2, 0.01)})
-    g = claims.depth_gain(runs, "emotion")
-    assert g.best_depth == 1 and g.gain == pytest.approx(0.3) and g.spread == pytest.approx(0.02)
-    assert g.per_seed_gains == pytest.approx([0.3, 0.3, 0.3])
-    verdicts = {c[0].split()[0]: c[1] for c in claims.depth_claims(runs)}
-    assert verdicts == {"emotion": True, "age": False, "gender": True, "ethnicity": False}
 
 
 def test_summarize_mean_and_spread():
@@ -338,36 +328,6 @@ def test_the_splits_hold_their_images_in_an_image_store(tiny_world_data):
     for split in (d.pretrain, d.train, d.test):
         assert isinstance(split.images, ImageStore) and split.images.size == 16 and len(split.images) == len(split)
         assert torch.equal(split.images.get([1, 0]), split.images.pixels[[1, 0]])
-
-
-class _Rep:
-    def __init__(self):
-        self.checks = []
-
-    def check(self, claim, passed, detail, measured=None):
-        self.checks.append((claim, bool(passed), detail, measured))
-        return bool(passed)
-
-
-def test_claim_checks_record_the_notebooks_claims():
-    rep = _Rep()
-    runs = _runs({"emotion": (0.3, 0.3, 0.01), "age": (0.3, 0.02, 0.03), "gender": (0.8, 0.02, 0.01),
-                  "ethnicity": (0.6, 0.2, 0.01)})
-    claims.check_depth_claims(rep, runs)
-    assert rep.checks == claims.depth_claims(runs)
-    p = {"depths": [0, 2, 4], "sharing": {"cost_input_size": 112, "convention": "flops", "budget": 1e9}}
-    claims.check_budget(rep, {"flops": 0.9e9, "macs": 0.45e9, "params": 1}, p)
-    claims.check_budget(rep, {"flops": 1.2e9, "macs": 0.6e9, "params": 1}, p)
-    assert [c[1] for c in rep.checks[-2:]] == [True, False]
-    assert rep.checks[-2][0] == "the chosen multi-head network needs at most 1 GFLOP for all four predictions"
-    assert rep.checks[-2][2] == ("0.900 GFLOPs (2 per multiply-add) = 0.450 G multiply-adds at 112 px; budget 1 G "
-                                 "applied to flops") and rep.checks[-2][3] == pytest.approx(0.9)
-    patterns = pd.DataFrame({"pattern": ["age@0 gender@0 ethnicity@0 emotion@0", "age@2 gender@4 ethnicity@4 emotion@2"],
-                             "mean_accuracy": [0.70, 0.69]})
-    claims.check_loss_vs_separate(rep, patterns, patterns.iloc[1], p)
-    claim, ok, detail, loss = rep.checks[-1]
-    assert claim == "the chosen network loses little accuracy against one network per attribute"
-    assert ok and loss == pytest.approx(0.01) and "criterion: at most 0.02" in detail
 
 
 def test_presentation_code_imports_no_model_and_no_training():

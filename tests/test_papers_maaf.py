@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from visualsearch.claims import beats_all
+from visualsearch import claims as vclaims
 from visualsearch.data.errors import SkipLog
 from visualsearch.data.images import ImageStore
 from visualsearch.data.scenes import ScenesWorldConfig, build_css
@@ -22,6 +22,7 @@ from visualsearch.models.maaf import MAAFConfig
 from visualsearch.models.text import Vocabulary
 from visualsearch.papers.maaf import claims as mc, data as md, experiment as mx, figures as mf, pretrain as mp
 from visualsearch.papers.maaf import tables as mt
+from stubs import RecordingReporter
 
 TINY = MAAFConfig(dim=32, heads=4, ff_width=32, blocks=1, backbone="resnet18", backbone_frozen=True, image_size=32)
 
@@ -72,6 +73,7 @@ def test_evaluate_matches_a_naive_ranking(css):
     with torch.no_grad():
         gallery = F.normalize(model.embed_catalog(md.normalize_pixels(test.store.pixels)), dim=-1)
         hits = {1: 0, 5: 0, 10: 0}
+        per_query = {1: [], 5: [], 10: []}
         for q in split.queries:
             src = md.normalize_pixels(test.store.pixels[[q.source]])
             s = (F.normalize(model.compose(src, [q.captions[0]]), dim=-1) @ gallery.T)[0]
@@ -80,8 +82,14 @@ def test_evaluate_matches_a_naive_ranking(css):
             first = next(r for r, g in enumerate(order) if split.labels[g] == q.target_label)
             for k in hits:
                 hits[k] += first < k
+                per_query[k].append(first < k)
     for k in hits:
         assert got.percent()[f"R@{k}"] == pytest.approx(100 * hits[k] / len(split.queries))
+    _, got_hits = mx.evaluate_per_query(model, test, ks=(1, 5, 10))
+    for k in hits:  # the per-query hits the claims are decided on: the same ranking, query by query
+        assert got_hits[k].tolist() == per_query[k]
+    refs = mx.query_references(md.PreparedDataset("css", "d", [], {"test": test}, vocab, "f", SkipLog()))
+    assert refs["test"].tolist() == [q.source for q in split.queries] and len(refs["test"]) == len(got_hits[1])
 
 
 def test_frozen_maps_give_the_same_embeddings_as_pixels(css):
@@ -146,8 +154,9 @@ def test_plan_runs_and_bad_ablation(css):
     assert ablation.cfg.pooling == "mean" and ablation.spec == full.spec
     reseeded = next(r for r in runs if r.name == "MAAF, seed 1")
     assert reseeded.cfg == full.cfg and reseeded.spec == dataclasses.replace(full.spec, seed=1)
-    longer = next(r for r in runs if r.name.startswith("TIRG, ") and r.dataset == "css")
+    longer = next(r for r in runs if r.name == f"TIRG ({p.longer_tirg}x steps)" and r.dataset == "css")
     assert longer.cfg.fusion == "tirg" and longer.spec.steps == p.longer_tirg * p.steps["css"]
+    assert [r.name for r in runs].count("MAAF, seed 1") == 1  # the reference seed, once
     bad = load_params("maaf_ablations", "smoke", {"ablations": [{"name": "x", "change": {"depth": 3}}]})
     with pytest.raises(ValueError, match="unknown switches"):
         mx.plan_runs(bad, None)
@@ -271,9 +280,6 @@ def test_ablation_changes_and_margins():
                             {"no text": "text_in_pooling=False"}, "full")
     change = rows[(rows.metric == "change vs full model")].set_index("method")["reproduced"]
     assert change["full"] == 0 and change["no text (text_in_pooling=False)"] == pytest.approx(-10 / 6)
-    ok, detail = beats_all({"MAAF": 50.0, "TIRG": 40.0, "concat": 52.0}, "MAAF", ["TIRG", "concat"], 100)
-    assert not ok and "vs TIRG 40.0: +10.0" in detail and "vs concat 52.0: -2.0" in detail and "s.e. ~5.0" in detail
-    assert beats_all({"MAAF": 50.0, "TIRG": 40.0}, "MAAF", ["TIRG"], 100)[0]
 
 
 def test_place_attention_rows(tmp_path):
@@ -290,6 +296,30 @@ def test_place_attention_rows(tmp_path):
                                                                           "middleright", "bottomleft", "bottomcenter"))
                 for q in test.queries)
     assert places[(places.block == 1) & (places.stage == "layer3")]["queries"].item() == named
+    items = mx.place_attention_items(model, group)
+    assert len(items[(items.block == 1) & (items.stage == "all")]) == named  # every cell holds layer3 tokens
+    assert places.set_index(["block", "stage"]).ratio.to_dict() == pytest.approx(
+        items[items.stage != "all"].groupby(["block", "stage"]).ratio.mean().to_dict())
+    # one word by hand: its attention to the named cell's tokens of both grids over its mean on all image tokens
+    from visualsearch.models.maaf import word_attention_maps
+
+    row = items[(items.stage == "all") & (items.block == 2)].iloc[0]
+    q = md.eval_queries(test)[int(row.query)]
+    assert int(row.reference) == q.source
+    with torch.no_grad():
+        out = model.compose(md.normalize_pixels(group.store.get([q.source])), [test.query_text(q)], return_attention=True)
+    word = out.tokens[0][int(row.word)]
+    cell = {f"{r}{c}": (i, j) for i, r in enumerate(("top", "middle", "bottom"))
+            for j, c in enumerate(("left", "center", "right"))}[word]
+    inside, every = [], []
+    for grid in word_attention_maps(out, 0, 1).values():
+        h, w = grid.shape[-2:]
+        for y in range(h):
+            for x in range(w):
+                every.append(float(grid[int(row.word), y, x]))
+                if (int((y + 0.5) / h * 3), int((x + 0.5) / w * 3)) == cell:
+                    inside.append(every[-1])
+    assert row.ratio == pytest.approx(np.mean(inside) / np.mean(every), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------- what the home added
@@ -382,43 +412,165 @@ def test_retrieval_examples_exclude_the_reference_and_mark_hits(css):
         assert ex.hits[row].tolist() == [test.split.labels[g] == q.target_label for g in top]
 
 
-class FakeReporter:
-    def __init__(self):
-        self.checks = []
-
-    def check(self, claim, passed, detail, measured=None):
-        self.checks.append((claim, passed, detail, measured))
-        return bool(passed)
+def hits_result(per_group: dict):
+    """A RunResult whose per-query hits are given: {group: {k: list of 0/1}}."""
+    hits = {g: {k: torch.tensor(v, dtype=torch.bool) for k, v in ks.items()} for g, ks in per_group.items()}
+    recall = {g: {f"R@{k}": 100 * float(v.float().mean()) for k, v in ks.items()} for g, ks in hits.items()}
+    return mx.RunResult(recall, None, hits=hits)
 
 
-def test_claims_check_maaf_against_the_baselines_and_the_named_places():
-    fiq = md.PreparedDataset("fashioniq", "d", [], {c: md.SplitInputs(
-        dataclasses.replace(_EMPTY_SPLIT, queries=[None] * 10), None) for c in ("dress", "shirt", "toptee")},
-        None, "f", SkipLog())
-    rep = FakeReporter()
-    results = {"MAAF": result((20, 30, 40), (50, 60, 70)), "TIRG": result((10, 10, 10), (30, 30, 30)),
-               "TIRG, 2x steps": result((20, 30, 40), (50, 60, 60)), "concat": result((1, 1, 1), (1, 1, 1)),
-               "add": result((90, 90, 90), (90, 90, 90))}
-    assert mc.beats_on_fashion_iq(rep, results, fiq)  # 45 against 20, 43.3 (TIRG trained longer) and 1
-    claim, passed, detail, measured = rep.checks[-1]
-    assert claim == "MAAF beats TIRG, concat and image-only on Fashion IQ-style data ((R@10+R@50)/2)" and passed
-    assert measured == 45 and "over 30 queries" in detail and "vs add" not in detail and "vs concat" in detail
-    ok, text = beats_all({m: mt.fiq_score(r) for m, r in results.items()}, "MAAF",
-                         ["TIRG", "TIRG, 2x steps", "concat"], 30)
-    assert (passed, detail) == (ok, text)
-    css = md.PreparedDataset("css", "d", [], {"test": md.SplitInputs(
-        dataclasses.replace(_EMPTY_SPLIT, queries=[None] * 4), None)}, None, "f", SkipLog())
-    css_results = {m: mx.RunResult({"test": {"R@1": v}}, None) for m, v in
-                   (("MAAF", 50.0), ("TIRG", 40.0), ("image only", 20.0))}
-    assert mc.beats_on_css(rep, css_results, css)
-    assert rep.checks[-1][0] == "MAAF beats TIRG, concat and image-only on CSS-style scenes (R@1)"
-    assert rep.checks[-1][2] == beats_all({"MAAF": 50.0, "TIRG": 40.0, "image only": 20.0}, "MAAF",
-                                          ["TIRG", "image only"], 4)[1]
-    places = pd.DataFrame({"block": [1, 2], "stage": ["layer3", "layer4"], "queries": [5, 6], "ratio": [0.5, 1.25]})
-    assert not mc.words_avoid_named_places(rep, places)
-    claim, passed, detail, measured = rep.checks[-1]
-    assert claim.startswith("Words attend less to the image region they name")
-    assert detail == "block 1 layer3: 0.50 over 5 words; block 2 layer4: 1.25 over 6 words" and measured == 0.875
+def test_per_query_hits_match_a_naive_loop_and_recall_at_k():
+    from visualsearch.evaluate import recall_at_k
+
+    g = torch.Generator().manual_seed(0)
+    gallery_labels = torch.randint(0, 6, (40,), generator=g)
+    query_labels = torch.randint(0, 8, (25,), generator=g)  # labels 6, 7: no relevant item at all
+    indices = torch.stack([torch.randperm(40, generator=g)[:7] for _ in range(25)])
+    ks = (1, 3, 7, 50)  # 50: above the retrieved columns
+    got = mx.per_query_hits(indices, query_labels, gallery_labels, ks)
+    for k in ks:
+        naive = [any(int(gallery_labels[indices[q, r]]) == int(query_labels[q]) for r in range(min(k, 7)))
+                 for q in range(25)]
+        assert got[k].tolist() == naive
+        assert float(got[k].float().mean()) == pytest.approx(recall_at_k(indices, query_labels, gallery_labels, [k])[k])
+    assert got[50].tolist() == got[7].tolist() and not got[1][query_labels >= 6].any()
+
+
+def test_item_scores_pool_the_categories_and_average_the_named_ks():
+    r = hits_result({"dress": {10: [1, 0, 0], 50: [1, 1, 0]}, "shirt": {10: [0, 1], 50: [1, 1]}})
+    assert mc.metric_ks("(hit@10+hit@50)/2 per Fashion IQ-style query") == (10, 50)
+    assert mc.metric_ks("hit@1 per CSS-style query") == (1,)
+    with pytest.raises(ValueError, match="names no hit@k"):
+        mc.metric_ks("R@1")
+    assert mc.item_scores(r, ["dress", "shirt"], (10, 50)).tolist() == [1.0, 0.5, 0.0, 0.5, 1.0]
+    assert mc.item_scores(r, ["shirt"], (10,)).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="no per-query hits"):
+        mc.item_scores(r, ["dress"], (1,))
+    refs = {"dress": torch.tensor([0, 0, 2]), "shirt": torch.tensor([0, 1])}
+    clusters = mc.clusters_of(refs)  # (category, reference): the same reference index in two categories differs
+    assert clusters[0] == clusters[1] and len(set(clusters.tolist())) == 4
+
+
+def test_a_comparison_claim_is_decided_by_the_one_test_on_pooled_seeds():
+    claim = vclaims.Claim("css_beats_baselines", "MAAF beats existing approaches on Fashion IQ and CSS", "paper",
+                          "MAAF", ["TIRG", "image only"], "hit@1 per CSS-style query")
+    maaf = {0: [1, 1, 1, 0, 1, 1], 1: [1, 1, 0, 1, 1, 1]}
+    tirg = {0: [0, 1, 0, 0, 0, 1], 1: [0, 0, 0, 1, 0, 0], 2: [1, 1, 1, 1, 1, 1]}  # seed 2: not shared, left out
+    image = {0: [0, 0, 0, 0, 1, 0], 1: [1, 0, 0, 0, 0, 0]}
+    by_method = {m: {s: hits_result({"test": {1: v}}) for s, v in runs.items()}
+                 for m, runs in (("MAAF", maaf), ("TIRG", tirg), ("image only", image))}
+    refs = {"test": torch.tensor([0, 0, 1, 2, 3, 3])}
+    rep = RecordingReporter()
+    scored = mc.decide_comparison(rep, claim, by_method, refs)
+    (got_claim, decision), = rep.decided
+    assert got_claim is claim and scored.seeds == [0, 1] and scored.scores["TIRG"].shape == (2, 6)
+    direct = vclaims.decide(claim, {"MAAF": torch.tensor([maaf[0], maaf[1]]), "TIRG": torch.tensor([tirg[0], tirg[1]]),
+                                    "image only": torch.tensor([image[0], image[1]])},
+                            torch.tensor([0, 0, 1, 2, 3, 3]), cluster_name=mc.CLUSTERS)
+    assert decision == direct and decision.seeds == 2 and "4 reference images" in decision.criterion
+    assert decision.better_score == pytest.approx(10 / 12)
+    # a compared method that was not trained: recorded as not decided, never skipped silently
+    rep = RecordingReporter()
+    assert mc.decide_comparison(rep, claim, {"MAAF": by_method["MAAF"], "TIRG": by_method["TIRG"]}, refs) is None
+    (text, passed, detail, _, fields), = rep.checks
+    assert not passed and "image only" in detail and fields["claim_id"] == claim.id and fields["seeds"] == 0
+
+
+def place_items(seed_ratios: dict) -> dict:
+    """place_attention_items-style rows: {seed: {(query, word, reference): {block: ratio}}}."""
+    return {seed: pd.DataFrame([(q, r, w, b, "all", v) for (q, w, r), blocks in words.items() for b, v in blocks.items()]
+                               + [(q, r, w, 1, "layer3", 9.0) for (q, w, r) in words],  # other stages: not decided on
+                               columns=["query", "reference", "word", "block", "stage", "ratio"])
+            for seed, words in seed_ratios.items()}
+
+
+def test_the_attention_claim_needs_every_block_below_the_average_token():
+    claim = vclaims.Claim("words_avoid_named_region", "words avoid \"attending\" to the image region they refer to",
+                          "paper", "average image token", ["named region (block 1)", "named region (block 2)"],
+                          "attention of a CSS-style place word, relative to its average image token", proxy="why")
+    low = {(q, 2, q // 2): {1: 0.5 + 0.01 * q, 2: 0.6} for q in range(12)}
+    items = place_items({0: low, 1: {**low, (99, 1, 50): {1: 0.1, 2: 0.1}}})  # a word only seed 1 has: left out
+    rep = RecordingReporter()
+    scored = mc.decide_words_avoid(rep, claim, items)
+    (_, decision), = rep.decided
+    assert decision.passed and decision.seeds == 2 and scored.scores["named region (block 2)"].shape == (2, 12)
+    assert scored.scores[mc.AVERAGE_TOKEN].tolist() == [[1.0] * 12] * 2 and "6 reference images" in decision.criterion
+    assert decision.worse_score == pytest.approx(0.6)  # block 2 (0.6 against 0.555 in block 1): the closest
+    assert "vs named region (block 1) 0.555" in decision.detail
+    high = {k: {1: v[1], 2: 1.3} for k, v in low.items()}  # block 2 looks at the named cell: the claim fails
+    rep = RecordingReporter()
+    mc.decide_words_avoid(rep, claim, place_items({0: high, 1: high}))
+    assert not rep.decided[0][1].passed
+    one_block = {k: {1: v[1]} for k, v in low.items()}  # a 1-block model cannot decide a block-2 claim
+    rep = RecordingReporter()
+    assert mc.decide_words_avoid(rep, claim, place_items({0: one_block})) is None
+    assert "block 2" in rep.checks[0][2] and not rep.checks[0][1]
+    with pytest.raises(ValueError, match="named region"):
+        mc.block_of("block 2")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "paper"])
+def test_declared_claims_name_runs_the_plan_makes(preset):
+    """Every declared claim parses, is one the code decides, names methods the plan trains (with claim_seeds
+    seeds) and a metric the evaluation computes; the paper's claims are the paper's."""
+    from visualsearch.config import load_params
+
+    p = load_params("maaf_ablations", preset)
+    declared = mc.declared(p)
+    assert set(declared) == set(mc.CLAIM_DATASETS) and {c.source for c in declared.values()} == {"paper"}
+    runs = mx.plan_runs(p, None, mc.seeded_runs(p))
+    for c in declared.values():
+        d = mc.CLAIM_DATASETS[c.id]
+        if c.id in mc.ATTENTION_CLAIMS:
+            blocks = dict(p.dataset_model[d]).get("blocks") or p.model["blocks"]
+            assert {mc.block_of(m) for m in c.worse} == set(range(1, blocks + 1)) and c.proxy
+            continue
+        assert set(mc.metric_ks(c.metric)) <= {1, 5, 10, 50}  # the ks every run is evaluated at
+        methods = {mt.method_name(r.base) for r in runs if r.dataset == d}
+        assert {c.better, *c.worse} <= methods, (c.id, methods)
+        for m in (c.better, *c.worse):
+            seeds = sorted(r.spec.seed for r in runs if r.dataset == d and mt.method_name(r.base) == m
+                           and not r.name.startswith("ablation"))
+            assert seeds == list(range(p.seed, p.seed + p.claim_seeds)), (c.id, m, seeds)
+    assert p.claim_seeds >= (1 if preset == "paper" else 2)
+    assert mc.declared(p)["fiq_beats_baselines"].metric.startswith("(hit@10+hit@50)/2")
+    assert declared["f200k_competitive"].threshold < 0  # "competitive": within d
+
+
+def test_plan_runs_seeds_only_the_runs_a_claim_compares():
+    from visualsearch.config import load_params
+
+    p = load_params("maaf_ablations", "smoke", {"claim_seeds": 3})
+    runs = mx.plan_runs(p, None, {"css": {"MAAF", "tirg"}})
+    css = {r.name: r for r in runs if r.dataset == "css"}
+    assert {"MAAF, seed 1", "MAAF, seed 2", "tirg, seed 1", "tirg, seed 2"} <= set(css)
+    assert "concat, seed 1" not in css and not any(", seed" in r.name for r in runs if r.dataset == "fashion200k")
+    again = css["tirg, seed 2"]
+    assert again.base == "tirg" and again.cfg == css["tirg"].cfg and again.spec == dataclasses.replace(css["tirg"].spec, seed=2)
+    assert css["MAAF, seed 1"].keep_model and not css["MAAF, seed 1"].eval_every  # kept for attention; no curve
+    fake = {(r.dataset, r.name): r.spec.seed for r in runs}
+    grouped = mx.seed_results(runs, fake, "css")
+    assert grouped["MAAF"] == {0: 0, 1: 1, 2: 2} and grouped["concat"] == {0: 0}
+    assert "ablation: mean pooling" not in mx.seed_results(runs, fake, "fashioniq")
+    with pytest.raises(ValueError, match="does not make"):
+        mx.plan_runs(p, None, {"css": {"add"}})
+
+
+def test_claim_and_attention_tables():
+    claim = vclaims.Claim("b2w_beats_baselines", "t", "paper", "MAAF", ["TIRG"], "hit@1 per query")
+    decision = vclaims.decide(claim, {"MAAF": torch.tensor([[1., 1, 0], [1, 0, 0]]), "TIRG": torch.zeros(2, 3)})
+    scored = mc.Scored(claim, "birds_to_words", [0, 1], {"MAAF": np.array([[1., 1, 0], [1, 0, 0]]),
+                                                          "TIRG": np.zeros((2, 3))}, decision)
+    df = mt.claim_score_rows([scored], {"birds_to_words": "Birds-to-Words"})
+    get = lambda m, k: df[(df.method == m) & (df.metric == k)]["reproduced"].item()
+    assert get("MAAF", "seed 0") == pytest.approx(2 / 3) and get("MAAF", "seed 1") == pytest.approx(1 / 3)
+    assert get("MAAF", "seeds pooled") == pytest.approx(0.5) and get("TIRG", "items") == 3
+    assert set(df.dataset) == {"b2w_beats_baselines (Birds-to-Words)"} and set(df["item score"]) == {"hit@1 per query"}
+    items = place_items({0: {(0, 1, 0): {1: 0.5, 2: 1.5}, (1, 1, 0): {1: 0.7, 2: 0.5}}})
+    rows = mt.place_attention_rows(items)
+    assert rows[rows.metric == "block 1 all: place / mean attention"]["reproduced"].item() == pytest.approx(0.6)
+    assert rows[rows.metric == "block 2 all: place / mean attention"]["words"].item() == 2
+    assert set(rows.method) == {"MAAF (seed 0)"}
 
 
 _EMPTY_SPLIT = md.FeedbackSplit("x", "test", [], [], [])

@@ -14,6 +14,7 @@ from visualsearch.papers.triplet import data as tdata
 from visualsearch.data import products as P
 from visualsearch.data.errors import SkipLog
 from visualsearch.data.retail import read_inshop, read_sop
+from stubs import RecordingReporter
 
 
 @pytest.fixture(scope="module")
@@ -276,42 +277,146 @@ def test_result_cache_keys_on_the_experiment_module(tmp_path):
     assert cache.root == tmp_path and cache.code == "visualsearch.papers.triplet.experiment"
 
 
-class _Rep:
-    def __init__(self):
-        self.checks = []
-
-    def check(self, claim, passed, detail, measured=None):
-        self.checks.append((claim, passed, detail, measured))
-        return passed
+def _params(preset="default", **over):
+    from visualsearch.config import load_params
+    return load_params("triplet_product_search", preset, over or None)
 
 
-def test_claims_check_the_paired_bootstrap_of_top1_hits():
+def test_hits_at_1_is_the_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    ql, gl = torch.randint(5, (30,), generator=g), torch.randint(5, (12,), generator=g)
+    r = Retrieval({1: 0.0}, torch.randint(12, (30, 3), generator=g), torch.zeros(30, 3), 3)
+    want = torch.tensor([1.0 if int(gl[int(r.indices[i, 0])]) == int(ql[i]) else 0.0 for i in range(30)])
+    assert torch.equal(claims.hits_at_1(r, ql, gl), want)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "paper"])
+def test_declared_claims_parse_and_name_runs_the_experiment_has(preset):
+    p = _params(preset)
+    declared = claims.declared(p)
+    assert list(declared) == ["online_triplets_deepfashion", "single_category_sop"]
+    for c in declared.values():  # both are the paper's claims, each checked by a proxy that says why
+        assert c.source == "paper" and c.proxy.strip() and c.threshold == 0.0 and c.metric.startswith("hit@1")
+    assert declared["online_triplets_deepfashion"].better == "batch_hard"
+    assert declared["online_triplets_deepfashion"].worse == ("random", "off_the_shelf")
+    assert (declared["single_category_sop"].better, declared["single_category_sop"].worse) == ("p=0.8", ("p=0",))
+    names = claims.methods_named(declared)
+    assert names == ["batch_hard", "random", "off_the_shelf", "p=0.8", "p=0"]
+    which = {n: experiment.claim_run(n) for n in names}
+    assert which["p=0.8"] == ("sop", {"single_category_prob": 0.8}) and which["random"][0] == "inshop"
+    for n in names:  # every name has a row label the tables use
+        assert tables.method_label(n) != n
+    assert tables.method_label("p=0.8") == "single-category p=0.8 (paper)"
+    assert experiment.training_seeds(p) == ([1337] if preset == "paper" else [0, 1])
+
+
+def test_paper_claims_quote_the_paper_facts():
+    from pathlib import Path
+    facts = Path(__file__).resolve().parents[2] / "shared" / "papers" / "triplet.md"
+    if not facts.is_file():
+        pytest.skip("the shared paper facts are not beside this checkout")
+    text = " ".join(facts.read_text().split())
+    for c in claims.declared(_params()).values():  # each claim's text is the facts file's words, verbatim
+        assert " ".join(c.text.split()) in text, c.text
+
+
+def test_claim_runs_and_seeds_are_checked():
+    with pytest.raises(ValueError, match="no such run"):
+        experiment.claim_run("nonsense")
+    with pytest.raises(ValueError, match="no such run"):
+        experiment.claim_run("p=x")
+    with pytest.raises(ValueError, match="at least 1"):
+        experiment.training_seeds(_params(seeds=0))
+    assert experiment.training_seeds(_params(seed=5, seeds=3)) == [5, 6, 7]
+
+
+def test_seeded_retrievals_reuse_the_tables_runs_and_train_the_other_seeds(monkeypatch):
+    """Seed `seed` is the tables' own run (same configuration, the SOP curve included); the others differ only in
+    the seed; off-the-shelf features are computed once and repeated."""
+    from dataclasses import replace
+    p = _params()
+    calls = []
+    monkeypatch.setattr(experiment, "trained_run", lambda p_, d, which, cfg, start, cache, eval_every=0,
+                        eval_products=0: calls.append((which, cfg, eval_every, eval_products)) or {"run": len(calls)})
+    monkeypatch.setattr(experiment, "off_the_shelf", lambda p_, d, start, which, cache: calls.append(which) or {"ots": 1})
+    monkeypatch.setattr(experiment, "evaluate_run", lambda d, which, e, ks: (which, e, tuple(ks)))
+    out = experiment.seeded_retrievals(p, None, {}, None, ["batch_hard", "off_the_shelf", "p=0.8", "batch_hard"])
+    assert list(out) == ["batch_hard", "off_the_shelf", "p=0.8"]
+    assert out["off_the_shelf"] == ("inshop", [("inshop", {"ots": 1}, (1,))] * 2) and calls.count("inshop") == 1
+    runs = [c for c in calls if isinstance(c, tuple)]
+    assert [(w, c.seed, ev, ep) for w, c, ev, ep in runs] == [
+        ("inshop", 0, 0, 0), ("inshop", 1, 0, 0), ("sop", 0, p.sop.eval_every, p.sop.eval_products), ("sop", 1, 0, 0)]
+    assert runs[0][1] == experiment.run_config(p, method="batch_hard")  # the In-shop table's run
+    assert runs[1][1] == replace(runs[0][1], seed=1)
+    assert runs[2][1] == experiment.run_config(p, method=p.sop.method, single_category_prob=0.8)  # the SOP table's
+    assert runs[3][1] == replace(runs[2][1], seed=1)
+
+
+def _world_of_hits(seeds=2):
+    """Fake data and per-seed retrievals: 40 products x 2 queries; In-shop gallery one photo per product."""
     from types import SimpleNamespace
+    labels = torch.arange(40).repeat_interleave(2)
+    data = SimpleNamespace(inshop_query=SimpleNamespace(labels=labels), inshop_gallery=SimpleNamespace(labels=torch.arange(40)),
+                           sop_test=SimpleNamespace(labels=labels), inshop_name="In", sop_name="SOP")
 
-    from visualsearch.claims import bootstrap_detail
+    def inshop(correct):  # top-1 right for the queries where `correct`
+        top = torch.where(correct, labels, (labels + 1) % 40)
+        return Retrieval({1: float(correct.float().mean())}, top.unsqueeze(1), torch.zeros(80, 1), 40)
 
-    labels = torch.arange(40).repeat_interleave(2)           # 40 products x 2 queries, gallery = one per product
-    good = Retrieval({1: 1.0}, torch.arange(40).repeat_interleave(2).unsqueeze(1), torch.zeros(80, 1), 40)
-    bad = Retrieval({1: 0.0}, ((torch.arange(40) + 1) % 40).repeat_interleave(2).unsqueeze(1), torch.zeros(80, 1), 40)
-    assert torch.equal(claims.hits_at_1(good, labels, torch.arange(40)), torch.ones(80))
-    assert torch.equal(claims.hits_at_1(bad, labels, torch.arange(40)), torch.zeros(80))
-    rep = _Rep()
-    assert claims.check(rep, "good beats bad", good, bad, labels, torch.arange(40), extra="; x")
-    (claim, passed, detail, measured), = rep.checks
-    diff, lo, hi = paired_bootstrap(torch.ones(80), torch.zeros(80), labels)
-    assert passed and measured == diff == 1.0 and detail == bootstrap_detail(1.0, 0.0, lo, hi) + "; x"
-    assert not claims.check(rep, "bad beats good", bad, good, labels, torch.arange(40))
+    def sop(correct):  # SOP: query i's partner photo (same product) or a photo of the next product
+        partner = torch.arange(80) ^ 1
+        top = torch.where(correct, partner, (partner + 2) % 80)
+        return Retrieval({1: float(correct.float().mean())}, top.unsqueeze(1), torch.zeros(80, 1), 80)
 
-    data = SimpleNamespace(inshop_query=SimpleNamespace(labels=labels), sop_test=SimpleNamespace(labels=labels),
-                           inshop_gallery=SimpleNamespace(labels=torch.arange(40)))
-    p = SimpleNamespace(seed=0, train=SimpleNamespace(steps=7))
-    rep = _Rep()
-    claims.check_claims(rep, p, data, {"batch_hard": good, "off_the_shelf": bad}, {0.8: good})
-    assert rep.checks == []  # no random-triplet run, no p=0 run: nothing to decide
-    claims.check_claims(rep, p, data, {"batch_hard": good, "random": bad, "off_the_shelf": bad},
-                        {0.8: bad, 0.0: bad})
-    assert [(c, ok) for c, ok, _, _ in rep.checks] == [
-        ("online batch-hard negatives beat random triplets (In-shop R@1)", True),
-        ("online batch-hard negatives beat off-the-shelf features (In-shop R@1)", True),
-        ("single-category batches (p=0.8) beat mixed batches (p=0) (SOP R@1)", False)]
-    assert rep.checks[-1][2].endswith("; after 7 steps")
+    g = torch.Generator().manual_seed(1)
+    good = [inshop(torch.rand(80, generator=g) < 0.9) for _ in range(seeds)]
+    bad = [inshop(torch.rand(80, generator=g) < 0.3) for _ in range(seeds)]
+    ots = inshop(torch.rand(80, generator=g) < 0.5)
+    same = sop(torch.rand(80, generator=g) < 0.6)
+    seeded = {"batch_hard": ("inshop", good), "random": ("inshop", bad), "off_the_shelf": ("inshop", [ots] * seeds),
+              "p=0.8": ("sop", [same] * seeds), "p=0": ("sop", [same] * seeds)}
+    return data, seeded
+
+
+def test_decide_claims_pools_seeds_and_clusters_products():
+    from visualsearch.claims import decide
+    p = _params()
+    data, seeded = _world_of_hits()
+    rep = RecordingReporter()
+    out = claims.decide_claims(rep, p, data, seeded)
+    assert [c.id for c, _ in rep.decided] == ["online_triplets_deepfashion", "single_category_sop"]
+    online, single = out["online_triplets_deepfashion"], out["single_category_sop"]
+    assert online.passed and online.seeds == 2 and not single.passed  # identical runs: no difference, no win
+    assert single.difference == 0.0 and "40 test products (SOP)" in single.criterion
+    assert "same starting trunk (pretrained here once, at seed 0)" in online.detail and "150 steps" in online.detail
+    # the numbers are decide's on the hits stacked [seeds, queries], clustered by product
+    hits = claims.per_item_scores(data, seeded)
+    assert hits["batch_hard"].shape == (2, 80)
+    want = decide(claims.declared(p)["online_triplets_deepfashion"],
+                  {k: hits[k] for k in ("batch_hard", "random", "off_the_shelf")}, clusters=data.inshop_query.labels)
+    assert (online.difference, online.low, online.high) == (want.difference, want.low, want.high)
+    # a worse run that wins flips the verdict: the check can fail
+    flipped = {**seeded, "random": seeded["batch_hard"], "batch_hard": seeded["random"]}
+    assert not claims.decide_claims(RecordingReporter(), p, data, flipped)["online_triplets_deepfashion"].passed
+
+
+def test_seed_tables_hold_per_seed_recall_and_the_pooled_interval_of_the_verdict():
+    p = _params()
+    data, seeded = _world_of_hits()
+    declared = claims.declared(p)
+    runs, diffs = claims.seed_tables(data, seeded, [0, 1], declared)
+    r = runs.set_index(["method", "metric"]).reproduced
+    for s in (0, 1):  # R@1 per seed is the run's own recall
+        assert r[("batch-hard online (paper)", f"R@1 seed {s}")] == pytest.approx(seeded["batch_hard"][1][s].recall[1])
+    assert r[("random triplets", "R@1 mean of 2 seeds")] == pytest.approx(
+        sum(x.recall[1] for x in seeded["random"][1]) / 2)
+    assert set(runs.dataset) == {"In", "SOP"}
+    d = diffs.set_index(["method", "metric"]).reproduced
+    pooled = "batch-hard online (paper) - random triplets (2 seeds pooled)"
+    verdict = claims.decide_claims(RecordingReporter(), p, data, {k: v for k, v in seeded.items()})
+    closest = verdict["online_triplets_deepfashion"]  # its numbers are of the closest comparison
+    rows = {m: (d[(m, "R@1 difference")], d[(m, "95% low")], d[(m, "95% high")]) for m in set(diffs.method)}
+    assert (closest.difference, closest.low, closest.high) in rows.values()
+    assert pooled in rows and rows[pooled][1] <= rows[pooled][0] <= rows[pooled][2]
+    assert "batch-hard online (paper) - random triplets (seed 1)" in rows
+    assert len(rows) == 3 * 2 + 3  # (2 comparisons of claim 1 + 1 of claim 2) x (2 seeds + pooled)

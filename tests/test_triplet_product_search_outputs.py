@@ -47,11 +47,33 @@ def test_context_and_error_tables(out):
     assert set(err.metric) == {"wrong_top1", "lookalike", "same_category", "other_category"}
 
 
-def test_claims_recorded_with_signed_margins(out):
+def test_claims_declared_decided_on_two_seeds_with_their_proxies(out):
     claims = _table(out, "claims")
-    assert len(claims) == 3
-    assert claims.detail.str.contains(r"\(difference [+-]", regex=True).all()
-    assert claims.claim.str.contains("p=0.8").any()
+    assert list(claims.id) == ["online_triplets_deepfashion", "single_category_sop"]
+    assert (claims.source == "paper").all() and (claims.seeds == 2).all()
+    assert claims.proxy.str.len().gt(20).all()  # both are proxies, each says why
+    assert claims.criterion.str.contains(r"paired bootstrap over .* test products .*, 2\+? seed\(s\) pooled", regex=True).all()
+    assert claims.comparison.tolist() == ["batch_hard > random, off_the_shelf on hit@1 per In-shop query",
+                                          "p=0.8 > p=0 on hit@1 per SOP test image"]
+    assert claims.detail.str.contains(r"vs random [0-9.]+: [+-]", regex=True).any()
+    assert (claims.verdict == "not evaluated (smoke size)").all()
+
+
+def test_per_seed_tables_back_the_claims(out):
+    runs = _table(out, "claim_runs_by_seed")
+    assert set(runs.metric) == {"R@1 seed 0", "R@1 seed 1", "R@1 mean of 2 seeds"}
+    assert set(runs.method) == {"batch-hard online (paper)", "random triplets", "off-the-shelf features",
+                                "single-category p=0.8 (paper)", "single-category p=0"}
+    r = runs.set_index(["method", "metric"]).reproduced
+    # seed 0 is the tables' own run
+    inshop = _table(out, "inshop_recall").set_index(["method", "metric"]).reproduced
+    sop = _table(out, "sop_recall").set_index(["method", "metric"]).reproduced
+    assert r[("batch-hard online (paper)", "R@1 seed 0")] == pytest.approx(inshop[("batch-hard online (paper)", "R@1")])
+    assert r[("single-category p=0", "R@1 seed 0")] == pytest.approx(sop[("single-category p=0", "R@1")])
+    assert r[("off-the-shelf features", "R@1 seed 0")] == r[("off-the-shelf features", "R@1 seed 1")]
+    diffs = _table(out, "claim_differences_by_seed")
+    assert set(diffs.metric) == {"R@1 difference", "95% low", "95% high"}
+    assert diffs.method.str.endswith("(2 seeds pooled)").sum() == 3 * 3  # 3 comparisons x 3 metrics
 
 
 def test_figures_and_provenance(out):

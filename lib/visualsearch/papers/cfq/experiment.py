@@ -24,6 +24,12 @@ of the Fashion IQ-style training pairs: the paper fine-tunes a model pretrained 
 triplets, while the embedded default's pretraining corpus is a few thousand captions, so how much the
 pretraining is worth may hinge on how little task data there is.
 
+Training seeds: `run(..., seed=s)` trains a run again with another training seed (its new layers, the
+from-scratch model and the batches drawn with `s`), on the same pretrained dual encoder, worlds and data (those
+of the preset's `seed`); `run_seeds` does so for the runs the paper's claims compare (`claim_tests.seeds`
+seeds). Every evaluation also keeps per-item scores (`PER_ITEM`: per Fashion IQ-style query, per CFQ group) with
+their items' keys and clusters, what `claims.decide` compares.
+
 Small-scale choices (each stated where a table is written):
 - With `model.freeze_backbone` (the embedded default), the image backbone is frozen after pretraining and
   its features are computed once (the paper trains the pretrained weights at one tenth of the new weights'
@@ -137,21 +143,32 @@ def embed(model, inputs: ImageInputs, idx, texts=None, batch: int = 256) -> torc
     return embed_rows(rows, len(idx), batch_size=batch, normalize=False)
 
 
-def evaluate_fiq(model, inputs: ImageInputs, fiq_val: dict) -> dict:
-    """Recall@10 and @50 per category (reference excluded from its own ranking), their means and
-    (R@10 + R@50) / 2 overall, as the Fashion IQ protocol reports them."""
-    out = {}
+def fiq_evaluation(model, inputs: ImageInputs, fiq_val: dict) -> tuple[dict, np.ndarray, list]:
+    """`evaluate_fiq`'s numbers, plus each validation query's own score (hit@10 + hit@50) / 2 (1/0 hits, the
+    same definition as Recall@k: a relevant item among the first k, k capped at the retrievable items) and its
+    reference image (the query's cluster), queries in category order then file order."""
+    out, per_query, refs = {}, [], []
     for cat, d in fiq_val.items():
         q = embed(model, inputs, d["refs"], d["texts"])
         g = embed(model, inputs, d["gallery"])
-        r = search(q, g, torch.tensor(d["query_labels"]), torch.tensor(d["gallery_labels"]), (10, 50),
-                   exclude=torch.tensor(d["exclude"])).percent()
-        out[f"{cat} R@10"], out[f"{cat} R@50"] = r["R@10"], r["R@50"]
+        q_labels, g_labels = torch.tensor(d["query_labels"]), torch.tensor(d["gallery_labels"])
+        r = search(q, g, q_labels, g_labels, (10, 50), exclude=torch.tensor(d["exclude"]))
+        out[f"{cat} R@10"], out[f"{cat} R@50"] = r.percent()["R@10"], r.percent()["R@50"]
+        hits = g_labels[r.indices] == q_labels.unsqueeze(1)
+        hit = {k: hits[:, :min(k, r.k_cap)].any(1).double().numpy() for k in (10, 50)}
+        per_query.append((hit[10] + hit[50]) / 2)
+        refs += [int(i) for i in d["refs"]]
     cats = list(fiq_val)
     out["avg R@10"] = float(np.mean([out[f"{c} R@10"] for c in cats]))
     out["avg R@50"] = float(np.mean([out[f"{c} R@50"] for c in cats]))
     out["(R@10+R@50)/2"] = (out["avg R@10"] + out["avg R@50"]) / 2
-    return out
+    return out, np.concatenate(per_query) if per_query else np.zeros(0), refs
+
+
+def evaluate_fiq(model, inputs: ImageInputs, fiq_val: dict) -> dict:
+    """Recall@10 and @50 per category (reference excluded from its own ranking), their means and
+    (R@10 + R@50) / 2 overall, as the Fashion IQ protocol reports them."""
+    return fiq_evaluation(model, inputs, fiq_val)[0]
 
 
 def evaluate_imat(model, inputs: ImageInputs, d: dict) -> dict:
@@ -175,13 +192,44 @@ def cfq_scores(model, inputs: ImageInputs, data: CFQPaperData) -> np.ndarray:
     return (q[qi] * c[ci]).sum(1).numpy()
 
 
+# The per-item scores a claim compares (claims.decide), by name: the names a claim's `metric` uses.
+FIQ_ITEM = "FIQ (hit@10+hit@50)/2"          # per Fashion IQ-style validation query; cluster: its reference image
+CFQ_ITEMS = {"CFQ accurate AP": cm.PRIMARY["accurate mAP"],   # per judged (query image, caption) group where the
+             "CFQ similar AP": cm.PRIMARY["similar mAP"],     # quantity is defined (both classes; nDCG: two items
+             "CFQ nDCG": cm.PRIMARY["nDCG"]}                  # and a relevant one); cluster: the query image
+PER_ITEM = (FIQ_ITEM, *CFQ_ITEMS)
+
+
+def cfq_per_group(per_group, group_by: str = "query_caption") -> dict:
+    """From `cfq_metrics(...).per_group`: {name in CFQ_ITEMS: (scores [groups], keys, clusters)} over the groups
+    where the quantity is defined (a property of the labels alone, so the same groups for every model), in the
+    table's order (subset, then group). Their mean per subset, weighted by the subset's query images, is the
+    primary metric of the same name; the claims pool the groups of every subset instead."""
+    out = {}
+    for name, (metric, label) in CFQ_ITEMS.items():
+        column = "ap" if metric == "m_ap" else metric
+        rows = per_group[(per_group["label"] == label)]
+        rows = rows[rows[column].notna()]
+        keys = [f"{s}/{'/'.join(map(str, g))}" for s, g in zip(rows["subset"], rows["group"])]
+        clusters = [str(g[0]) if group_by == "query_caption" else "/".join(map(str, g)) for g in rows["group"]]
+        out[name] = (rows[column].to_numpy(dtype=float), keys, clusters)
+    return out
+
+
 def evaluate_all(model, inputs: ImageInputs, data: CFQPaperData, group_by: str = "query_caption") -> dict:
-    """FIQ recall, iMat ROC-AUC/mAP and CFQ (primary metrics, full table, scores) of one model."""
+    """FIQ recall, iMat ROC-AUC/mAP and CFQ (primary metrics, full table, scores) of one model, and the
+    per-item scores of `PER_ITEM` ("per_item": {name: scores}, "items": {name: {"keys", "clusters"}})."""
     scores = cfq_scores(model, inputs, data)
     result = cm.cfq_metrics(data.cfq_agg, scores, group_by=group_by)
-    return {"fiq": evaluate_fiq(model, inputs, data.fiq_val), "imat": evaluate_imat(model, inputs, data.imat_val),
+    fiq, fiq_items, refs = fiq_evaluation(model, inputs, data.fiq_val)
+    per_item = {FIQ_ITEM: fiq_items}
+    items = {FIQ_ITEM: {"keys": [f"{c}/{i}" for c, d in data.fiq_val.items() for i in range(len(d["refs"]))],
+                        "clusters": refs}}
+    for name, (values, keys, clusters) in cfq_per_group(result.per_group, group_by).items():
+        per_item[name], items[name] = values, {"keys": keys, "clusters": clusters}
+    return {"fiq": fiq, "imat": evaluate_imat(model, inputs, data.imat_val),
             "cfq_primary": {k: 100 * v for k, v in result.primary().items()}, "cfq_table": result.table,
-            "cfq_scores": scores}
+            "cfq_scores": scores, "per_item": per_item, "items": items}
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -254,6 +302,7 @@ class CFQExperiment:
         self.pretrain_log = None                              # contrastive pretraining's log (embedded default)
         self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
         self.limited: dict[tuple[str, float], dict] = {}      # (run, share of FIQ pairs) -> result
+        self.seeded: dict[tuple[str, int], dict] = {}         # (run, training seed other than `seed`) -> result
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -285,16 +334,17 @@ class CFQExperiment:
                 "data": self.data_key(), "device": str(self.device)}  # a CPU result is never a GPU run's
 
     # -- models
-    def new_clip(self) -> clipmod.DualEncoder:
-        """The dual encoder before any multimodal pretraining, drawn with the seed: the local CLIP's
-        architecture with a random initialisation (paper preset), or the small dual encoder (embedded default).
-        The "no pretraining" arm starts here; the pretrained arms load their weights on top of it."""
+    def new_clip(self, seed: int | None = None) -> clipmod.DualEncoder:
+        """The dual encoder before any multimodal pretraining, drawn with `seed` (None: the preset's): the local
+        CLIP's architecture with a random initialisation (paper preset), or the small dual encoder (embedded
+        default). The "no pretraining" arm starts here; the pretrained arms load their weights on top of it."""
         m = self.p["model"]
+        seed = self.p["seed"] if seed is None else seed
         if m["clip_path"]:
-            return clipmod.random_clip(m["clip_path"], seed=self.p["seed"])
+            return clipmod.random_clip(m["clip_path"], seed=seed)
         if self._tokens is None:
             self._tokens = clipmod.FrozenMiniLMTokens(m["text_model_path"])
-        torch.manual_seed(self.p["seed"])
+        torch.manual_seed(seed)
         return clipmod.small_clip(m["embed_dim"], tuple(m["widths"]), tokens=self._tokens, text_width=m["text_width"],
                                   text_heads=m["text_heads"], dropout=m["dropout"])
 
@@ -339,17 +389,19 @@ class CFQExperiment:
                 f"image-to-text accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} "
                 f"(chance {1 / self.p['pretrain']['batch_size']:.3f})")
 
-    def pretrained_clip(self) -> clipmod.DualEncoder:
+    def pretrained_clip(self, seed: int | None = None) -> clipmod.DualEncoder:
         """The dual encoder after multimodal pretraining: the local CLIP as loaded (paper preset) or the small
-        dual encoder with its pretrained weights."""
+        dual encoder with its pretrained weights (pretrained with the preset's `seed` whatever `seed` is: a
+        training seed draws what is built on it)."""
+        seed = self.p["seed"] if seed is None else seed
         if self.p["model"]["clip_path"]:
             self.pretrain_log = None
             clip = clipmod.load_clip(self.p["model"]["clip_path"])
             # new layers built on it draw from the seed, as on the embedded default (where new_clip seeds):
             # never from whatever ran before (runs loaded from the cache or not)
-            torch.manual_seed(self.p["seed"])
+            torch.manual_seed(seed)
         else:
-            clip = self.new_clip()
+            clip = self.new_clip(seed)
             clip.load_state_dict(self.pretrained_state(), strict=False)
         if self.p["model"]["freeze_backbone"]:
             clip.freeze_backbone()
@@ -364,30 +416,33 @@ class CFQExperiment:
                 self._features = backbone_features(clip, self.pixels(), device=self.device)
         return self._features
 
-    def build(self, run: str):
+    def build(self, run: str, seed: int | None = None):
+        """The model of `run` before its training stages, what is new in it drawn with the training `seed`
+        (None: the preset's), and the inputs it is fed."""
         kind, _, pretrained = RUNS[run]
         m = self.p["model"]
+        seed = self.p["seed"] if seed is None else seed
         if kind == "random":
-            return clipmod.RandomEmbeddings(m["embed_dim"], seed=self.p["seed"]), ImageInputs(self.pixels(), None,
-                                                                                              self.device)
+            return clipmod.RandomEmbeddings(m["embed_dim"], seed=seed), ImageInputs(self.pixels(), None, self.device)
         if pretrained:
-            clip = self.pretrained_clip()
+            clip = self.pretrained_clip(seed)
             frozen = self.p["model"]["freeze_backbone"]
             inputs = ImageInputs(self.pixels(), self.features() if frozen else None, self.device)
         else:
-            clip = self.new_clip().to(self.device)
+            clip = self.new_clip(seed).to(self.device)
             inputs = ImageInputs(self.pixels(), None, self.device)
         model = clipmod.build_composition(kind, clip, heads=m["heads"], ff_width=m["ff_width"], blocks=m["blocks"],
-                                          dropout=m["dropout"], seed=self.p["seed"], freeze_bn=pretrained)
+                                          dropout=m["dropout"], seed=seed, freeze_bn=pretrained)
         return model.to(self.device), inputs
 
     # -- runs
-    def run_key(self, run: str, fiq_share: float = 1.0) -> dict:
+    def run_key(self, run: str, fiq_share: float = 1.0, seed: int | None = None) -> dict:
         kind, stages, pretrained = RUNS[run]
         t = self.p["train"]
         return {"run": run, "kind": kind, "stages": list(stages), "train": {s: dict(t[s]) for s in stages},
                 "va_lr": t["va_lr"], "pretrain": self.pretrain_key() if pretrained else None,
-                "model": dict(self.p["model"]), "seed": self.p["seed"], "data": self.data_key(),
+                "model": dict(self.p["model"]), "seed": self.p["seed"] if seed is None else seed,
+                "data": self.data_key(),
                 "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share, "device": str(self.device)}
 
     def fiq_pairs(self, share: float = 1.0) -> PairSet:
@@ -406,11 +461,14 @@ class CFQExperiment:
         """{share: number of Fashion IQ-style training pairs} for all of them (1.0) and each share of the sweep."""
         return {share: len(self.fiq_pairs(share)) for share in (1.0, *map(float, self.p["data_limited"]["shares"]))}
 
-    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0, run_dir=None):
-        """Train `model` on one stage of `run` (resuming from a checkpoint in `run_dir`, if any); its log."""
+    def train_stage(self, model, inputs: ImageInputs, run: str, stage: str, fiq_share: float = 1.0, run_dir=None,
+                    seed: int | None = None):
+        """Train `model` on one stage of `run` (resuming from a checkpoint in `run_dir`, if any), its batches
+        drawn with the training `seed` (None: the preset's); its log."""
         from ...train import TrainConfig, train
 
         kind, _, pretrained = RUNS[run]
+        seed = self.p["seed"] if seed is None else seed
         t = self.p["train"][stage]
         pairs = self.fiq_pairs(fiq_share) if stage == "fiq" else self.data.imfq_train
         if kind == "va" and pretrained:  # the paper's CLIP VA baseline: one low rate everywhere
@@ -420,41 +478,65 @@ class CFQExperiment:
         milestones = tuple(int(f * t["steps"]) for f in t["lr_decay_at"])
         cfg = TrainConfig(steps=t["steps"], lr=lr, optimizer="adam", adam_eps=t["adam_eps"],
                           weight_decay=t["weight_decay"], lr_milestones=milestones, lr_gamma=0.1,
-                          seed=step_seed(self.p["seed"], 0, 1 + ["imfq", "fiq"].index(stage)),
+                          seed=step_seed(seed, 0, 1 + ["imfq", "fiq"].index(stage)),
                           progress=self.progress, device=self.device, log_every=50,
-                          desc=f"{self.run_label(run, fiq_share)}: {stage} stage",
+                          desc=f"{self.run_label(run, fiq_share, seed)}: {stage} stage",
                           checkpoint_every=self.p["checkpoint_every"])
         batches = composed_batches(pairs, inputs, t["batch_size"], cfg.seed)
         return train(model, composed_step, batches, cfg, run_dir=run_dir, param_groups=model.param_groups(scale)).log
 
-    def run_label(self, run: str, fiq_share: float = 1.0) -> str:
-        """The run's name in progress lines (with its share of the FIQ pairs in the data-limited sweep)."""
-        return run if fiq_share == 1 else f"{run} on {fiq_share:g} of FIQ"
+    def run_label(self, run: str, fiq_share: float = 1.0, seed: int | None = None) -> str:
+        """The run's name in progress lines (with its share of the FIQ pairs in the data-limited sweep, and its
+        training seed when it is not the preset's)."""
+        label = run if fiq_share == 1 else f"{run} on {fiq_share:g} of FIQ"
+        return label if seed is None or seed == self.p["seed"] else f"{label}, seed {seed}"
 
-    def run(self, run: str, fiq_share: float = 1.0) -> dict:
+    def run(self, run: str, fiq_share: float = 1.0, seed: int | None = None) -> dict:
         """Train (if the run has stages) and evaluate one run of the grid, its Fashion IQ stage on `fiq_share`
-        of the training pairs (same steps and rates); cached."""
-        key = self.run_key(run, fiq_share)
+        of the training pairs (same steps and rates), with training seed `seed` (model initialisation and
+        batches; None: the preset's `seed`; the pretrained dual encoder, worlds and data stay the preset's);
+        cached."""
+        seed = self.p["seed"] if seed is None else int(seed)
+        if seed != self.p["seed"] and fiq_share != 1:
+            raise ValueError("the data-limited sweep runs at the preset's seed only")
+        key = self.run_key(run, fiq_share, seed)
 
         def compute():
             start = time.time()
-            model, inputs = self.build(run)
+            model, inputs = self.build(run, seed)
             logs = {}
             for stage in RUNS[run][1]:  # each stage checkpoints into its own folder of the run's
                 logs[stage] = self.train_stage(model, inputs, run, stage, fiq_share,
-                                               run_dir=self.cache.run_dir("cfq_run", key) / stage)
+                                               run_dir=self.cache.run_dir("cfq_run", key) / stage, seed=seed)
             train_s = time.time() - start
-            with prog.stage(f"{self.run_label(run, fiq_share)}: evaluating", disable=not self.progress):
+            with prog.stage(f"{self.run_label(run, fiq_share, seed)}: evaluating", disable=not self.progress):
                 metrics = evaluate_all(model, inputs, self.data, self.p["eval"]["group_by"])
             return {**metrics, "logs": logs, "train_s": train_s, "wall_s": time.time() - start}
 
         out = self._cached_training("cfq_run", key, compute)
-        if fiq_share == 1:
+        if seed != self.p["seed"]:
+            self.seeded[(run, seed)] = out
+        elif fiq_share == 1:
             self.results[run] = out
-            self.timings[run] = out["wall_s"]
         else:
             self.limited[(run, fiq_share)] = out
-            self.timings[f"{run} on {fiq_share:g} of FIQ"] = out["wall_s"]
+        self.timings[self.run_label(run, fiq_share, seed)] = out["wall_s"]
+        return out
+
+    def training_seeds(self) -> list[int]:
+        """The training seeds of every run a claim compares: `seed`, `seed` + 1, ... (`claim_tests.seeds` of
+        them)."""
+        return [self.p["seed"] + k for k in range(self.p["claim_tests"]["seeds"])]
+
+    def run_seeds(self, runs) -> dict:
+        """{run: [its result at each of `training_seeds()`]} for each of `runs` on all the Fashion IQ-style
+        data (the preset's seed is the grid's run, run here if the grid did not)."""
+        out = {}
+        for r in runs:
+            if r not in RUNS:
+                raise ValueError(f"unknown run {r!r}; expected some of {list(RUNS)}")
+            out[r] = [self.results[r] if s == self.p["seed"] and r in self.results else self.run(r, seed=s)
+                      for s in self.training_seeds()]
         return out
 
     def run_data_limited(self) -> dict:

@@ -77,3 +77,18 @@ def pretraining_margins(table: pd.DataFrame, pretrained: str = "clip-fiq",
     margin = (wide[a] - wide[b]).rename("margin").reset_index()
     # (a headline number that is NaN, e.g. a CFQ metric with no group holding both classes, keeps its column)
     return margin.pivot(index="FIQ training pairs", columns="metric", values="margin").reindex(columns=list(HEADLINE))
+
+
+def seed_table(seeded: dict, seeds, description: str) -> pd.DataFrame:
+    """Tidy rows (method, dataset (the data and the training seed), metric, reproduced, seed) of the four
+    headline numbers of every run a claim compares, at each training seed: the per-seed numbers behind the claims
+    (which pool the seeds' per-item scores). seeded: {run: [result per seed]} (`CFQExperiment.run_seeds`); seeds: the training seeds, in order."""
+    seeds = list(seeds)
+    rows = []
+    for run, per_seed in seeded.items():
+        if len(per_seed) != len(seeds):
+            raise ValueError(f"{run}: {len(per_seed)} results for {len(seeds)} seeds")
+        for seed, res in zip(seeds, per_seed):
+            for metric, v in headline(res).items():
+                rows.append((RUN_LABELS[run], f"{description}, training seed {seed}", metric, v, int(seed)))
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "seed"])

@@ -13,19 +13,24 @@ One experiment is:
     -> [frozen backbone: its stage maps computed once per process]
     -> train a composition model on (reference, text, target) batches (UniformBatches, train.train)
     -> embed the gallery and the composed queries (evaluate.embed) -> evaluate.search, reference excluded
-    -> Recall@K tables, ablations, attention maps, retrieval examples, claims.
+    -> Recall@K tables (and hit@k per query), ablations, attention maps, retrieval examples
+    -> the declared claims (configs/maaf_ablations/default.yaml `claims:`), each decided by
+       visualsearch.claims.decide on per-query scores pooled over `claim_seeds` training seeds.
 
 Modules:
 
 - `data.py`: `load_data(p) -> MAAFData` (a mapping of dataset name to `PreparedDataset`: training groups and
   evaluation splits as `SplitInputs`, vocabulary, description, fingerprint, skips), `data_summary`, the square
   crop into an `ImageStore` (`load_store`), `normalize_pixels` and the authors' `augment`.
-- `experiment.py`: the computation: `result_cache`, `FrozenMaps`, batches and steps, `evaluate`,
-  `run_experiment` (cached, resumable), the process-pool scheduler `run_all`, the notebook's plan
-  (`backbone_weights_file`, `plan_runs`), and what figures need from a trained model (`word_attention`,
-  `retrieval_examples`, `place_attention`).
+- `experiment.py`: the computation: `result_cache`, `FrozenMaps`, batches and steps, `evaluate` and
+  `evaluate_per_query` (`per_query_hits`), `run_experiment` (cached, resumable), the process-pool scheduler
+  `run_all`, the notebook's plan (`backbone_weights_file`, `plan_runs` with the claims' seeds, `seed_results`,
+  `query_references`), and what figures and claims need from a trained model (`word_attention`,
+  `retrieval_examples`, `place_attention_items`, `place_attention`).
 - `pretrain.py`: the backbone pretraining on product attributes (`pretrain_trunk`, its own resumable loop).
-- `tables.py`: method names, Fashion IQ rows, recall rows, ablation rows, `fiq_score`.
+- `tables.py`: method names, Fashion IQ rows, recall rows, ablation rows, `fiq_score`, the per-seed claim scores
+  and place-attention rows.
 - `figures.py`: attention maps, retrieval examples, training curves (from arrays and results; no model).
-- `claims.py`: the notebook's claim checks (MAAF beats the baselines; words and the places they name).
+- `claims.py`: the declared claims decided (MAAF against the baselines per dataset; words and the places they
+  name), which runs they need seeded (`seeded_runs`).
 """

@@ -85,6 +85,12 @@ def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (out - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def eval_queries(split: FeedbackSplit) -> list:
+    """The queries of a split that are evaluated (those with a target), in file order: the items of every
+    per-query score (`experiment.evaluate_per_query`, `experiment.query_references`)."""
+    return [q for q in split.queries if q.target_label != ""]
+
+
 @dataclass
 class SplitInputs:
     """One split and how its images reach a model: pixels, or the maps of a frozen backbone (by key)."""

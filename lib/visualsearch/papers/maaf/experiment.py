@@ -12,12 +12,15 @@ baseline on every dataset, and they are worth testing.
   random order (drawn from the step's stream).
 - `make_step_fn`: logits = s^2 cos(query_i, target_j); in-batch softmax (or soft triplet) loss.
 - `evaluate`: gallery embedded through the catalog path and queries composed (`evaluate.embed`), the
-  reference dropped from its own ranking, Recall@K against the hit labels of the split (`evaluate.search`).
+  reference dropped from its own ranking, Recall@K against the hit labels of the split (`evaluate.search`);
+  `evaluate_per_query` also gives hit@k of every query (`per_query_hits`), what the claims are decided on.
 - `run_experiment`: build, train (visualsearch.train), evaluate, cached by the paper's `result_cache` under
   the model and training configuration, the data fingerprint and the vocabulary; `run_all` trains the
   uncached runs of a plan in parallel processes; `plan_runs` is the notebook's plan (MAAF, baselines,
-  ablations per dataset); `backbone_weights_file` the backbone weights (pretrained here: `pretrain.py`).
-- What the figures need from a trained model: `word_attention`, `retrieval_examples`, `place_attention`.
+  ablations per dataset; the runs a claim compares with `claim_seeds` seeds); `seed_results` gathers a run's
+  seeds; `backbone_weights_file` the backbone weights (pretrained here: `pretrain.py`).
+- What the figures and claims need from a trained model: `word_attention`, `retrieval_examples`,
+  `place_attention_items` (per place word) and `place_attention` (their means).
 """
 from __future__ import annotations
 
@@ -44,12 +47,12 @@ from ...losses import BatchSoftmaxLoss, SoftTripletLoss
 from ...models.blocks import ResNetTrunk
 from ...models.fusion import build_model
 from ...models.maaf import MAAFConfig, word_attention_maps
-from ...models.text import Vocabulary
+from ...models.text import Vocabulary, tokenize
 from ...progress import bar, note
 from ...samplers import UniformBatches
 from ...seeding import step_seed
 from ...train import TrainConfig, identity_of, train
-from .data import PreparedDataset, SplitInputs, normalize_pixels
+from .data import PreparedDataset, SplitInputs, eval_queries, normalize_pixels
 from .pretrain import pretrain_trunk
 
 
@@ -126,13 +129,30 @@ def make_step_fn(loss: str = "softmax"):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
+def per_query_hits(indices: torch.Tensor, query_labels, gallery_labels, ks) -> dict:
+    """{k: BoolTensor [Q]}: whether query i has a gallery item of its label among its first k retrieved
+    (`indices` [Q, kmax], best first, as `evaluate.search` returns them). A k above the retrieved columns is
+    evaluated on all of them, so the mean of hit@k is `evaluate.recall_at_k` (a query whose relevant items
+    were not retrieved is a miss at every k)."""
+    query_labels = torch.as_tensor(query_labels)
+    hits = torch.as_tensor(gallery_labels)[indices] == query_labels.unsqueeze(1)
+    return {int(k): hits[:, :k].any(1) for k in ks}
+
+
 def evaluate(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128, device: str = "cpu",
              maps_key: str | None = None) -> Retrieval:
     """Recall@K of `model` on a split: the split's protocol (hit labels, reference excluded);
     `.percent()` gives {"R@k": percent}."""
+    return evaluate_per_query(model, group, ks, batch_size, device, maps_key)[0]
+
+
+def evaluate_per_query(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128, device: str = "cpu",
+                       maps_key: str | None = None) -> tuple[Retrieval, dict]:
+    """(Retrieval as `evaluate` returns it, {k: BoolTensor [Q]} hit@k of each evaluated query): the per-query
+    scores the claims are decided on, queries in `data.eval_queries` order."""
     split = group.split
     model = model.to(device).eval()
-    queries = [q for q in split.queries if q.target_label != ""]
+    queries = eval_queries(split)
     if not queries:
         raise ValueError(f"{split.dataset} {split.split}: no queries with targets to evaluate")
 
@@ -150,7 +170,15 @@ def evaluate(model, group: SplitInputs, ks=(1, 5, 10, 50), batch_size: int = 128
     index = {}
     gallery_labels = torch.tensor([index.setdefault(l, len(index)) for l in split.labels])
     query_labels = torch.tensor([index.setdefault(q.target_label, len(index)) for q in queries])
-    return search(composed, gallery, query_labels, gallery_labels, ks, exclude=torch.tensor([q.source for q in queries]))
+    ret = search(composed, gallery, query_labels, gallery_labels, ks, exclude=torch.tensor([q.source for q in queries]))
+    return ret, per_query_hits(ret.indices, query_labels, gallery_labels, ks)
+
+
+def query_references(dataset: PreparedDataset) -> dict:
+    """{evaluation split: LongTensor [Q]} the reference image of each evaluated query (`data.eval_queries`
+    order): queries sharing a reference are not independent, so the claims' bootstrap resamples them together."""
+    return {name: torch.tensor([q.source for q in eval_queries(g.split)], dtype=torch.long)
+            for name, g in dataset.eval.items()}
 
 
 # ------------------------------------------------------------------------------------------- experiments
@@ -182,6 +210,7 @@ class RunResult:
     state: dict | None = None         # state dict without frozen parts (see trainable_state)
     wall_s: float = 0.0               # training time (wall clock)
     extra: dict = field(default_factory=dict)  # cpu_s: CPU seconds of training + evaluation (load-independent)
+    hits: dict = field(default_factory=dict)   # eval name -> {k: BoolTensor [Q]} hit@k per evaluated query
 
 
 def trainable_state(model) -> dict:
@@ -257,9 +286,11 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
         result = train(model, make_step_fn(spec.loss), batch_fn, tc, run_dir=run_dir,
                        param_groups=model.param_groups(spec.image_lr_scale), eval_fn=eval_fn, eval_every=eval_every)
         model = result.model
-        recall = {k: evaluate(model, g, ks, device=device, maps_key=maps_key).percent() for k, g in eval_groups.items()}
+        evaluated = {k: evaluate_per_query(model, g, ks, device=device, maps_key=maps_key)
+                     for k, g in eval_groups.items()}
         state = {k: v.cpu() for k, v in trainable_state(model).items()} if keep_model else None
-        return RunResult(recall, result.log, state, result.wall_s, {"cpu_s": time.process_time() - cpu0})
+        return RunResult({k: r.percent() for k, (r, _) in evaluated.items()}, result.log, state, result.wall_s,
+                         {"cpu_s": time.process_time() - cpu0}, {k: h for k, (_, h) in evaluated.items()})
 
     if cache is None:
         return compute()
@@ -289,7 +320,7 @@ def weights_key(path) -> dict:
 class Run:
     """One training run of the notebook: a named model configuration on a prepared dataset."""
 
-    name: str                  # row label, e.g. "MAAF", "TIRG", "no text in pooling"
+    name: str                  # row label, e.g. "MAAF", "tirg", "ablation: 1 block", "MAAF, seed 1"
     dataset: str               # PreparedDataset.name
     cfg: MAAFConfig
     spec: TrainSpec
@@ -297,6 +328,10 @@ class Run:
     eval_every: int = 0        # record a validation curve every N steps
     curve_group: str | None = None
     checkpoint_every: int = 0  # resumable checkpoint every N steps (0: at the end); not part of the result
+    base: str = ""             # the run this one repeats with another seed ("MAAF" for "MAAF, seed 1"); "" = itself
+
+    def __post_init__(self):
+        self.base = self.base or self.name
 
 
 _POOL_DATA: dict = {}
@@ -436,27 +471,52 @@ def train_spec(p, dataset: str, **changes) -> TrainSpec:
                      augment=dataset in p.augment and not p.backbone_frozen, **changes)
 
 
-def plan_runs(p, weights: str | None) -> list[Run]:
+def longer_tirg_name(p) -> str:
+    """The name of the TIRG run trained `longer_tirg` times longer (a convergence control)."""
+    return f"TIRG ({p.longer_tirg}x steps)"
+
+
+def with_seed(run: Run, seed: int, keep_model: bool | None = None) -> Run:
+    """`run` again with another training seed (no curve: the curves show seed `p.seed`)."""
+    return Run(f"{run.base}, seed {seed}", run.dataset, run.cfg, dataclasses.replace(run.spec, seed=seed),
+               run.keep_model if keep_model is None else keep_model, base=run.base)
+
+
+def plan_runs(p, weights: str | None, seeded: dict | None = None) -> list[Run]:
     """Every run of the notebook: per dataset MAAF (weights kept, for figures) and its baselines (and TIRG
     trained longer, a control); on Fashion IQ also the full model with `reference_seeds` other seeds and one
     run per ablation switch. Ablations change MAAFConfig fields, or `loss` / `backbone_weights` ("none" =
-    not pretrained)."""
+    not pretrained).
+
+    `seeded`: {dataset: run names} that a claim is decided on (`claims.seeded_runs`): each of them is also
+    trained with seeds p.seed+1 .. p.seed+claim_seeds-1 (run "<name>, seed <s>"), every other run with p.seed
+    only."""
     runs = []
+    seeded = {d: set(names) for d, names in (seeded or {}).items()}
     for d in p.datasets:
         cfg = base_config(p, weights, d)
         curve = dict(eval_every=p.curves_every, curve_group=("dress" if d == "fashioniq" else "test")) \
             if p.curves_every else {}
-        runs.append(Run("MAAF", d, cfg, train_spec(p, d), keep_model=True, **curve))
+        main = [Run("MAAF", d, cfg, train_spec(p, d), keep_model=True, **curve)]
         for fusion in p.baselines[d]:
-            runs.append(Run(fusion, d, dataclasses.replace(cfg, fusion=fusion), train_spec(p, d),
+            main.append(Run(fusion, d, dataclasses.replace(cfg, fusion=fusion), train_spec(p, d),
                             **(curve if fusion == "tirg" else {})))
         if p.longer_tirg and d in ("fashioniq", "css"):  # does TIRG only need more steps? (a control)
-            runs.append(Run(f"TIRG, {p.longer_tirg}x steps", d, dataclasses.replace(cfg, fusion="tirg"),
+            main.append(Run(longer_tirg_name(p), d, dataclasses.replace(cfg, fusion="tirg"),
                             train_spec(p, d, steps=p.steps[d] * p.longer_tirg)))
+        unknown = seeded.get(d, set()) - {r.name for r in main}
+        if unknown:
+            raise ValueError(f"claims on {d} name runs this plan does not make: {sorted(unknown)} "
+                             f"(runs: {[r.name for r in main]})")
+        runs += main + [with_seed(r, p.seed + k) for r in main if r.name in seeded.get(d, ())
+                        for k in range(1, p.claim_seeds)]
     if "fashioniq" in p.datasets:
         cfg = base_config(p, weights, "fashioniq")
+        have = {r.name for r in runs if r.dataset == "fashioniq"}
+        full = next(r for r in runs if r.dataset == "fashioniq" and r.name == "MAAF")
         for k in range(1, p.reference_seeds + 1):  # the full model again, other seeds: the noise of one run
-            runs.append(Run(f"MAAF, seed {p.seed + k}", "fashioniq", cfg, train_spec(p, "fashioniq", seed=p.seed + k)))
+            if f"MAAF, seed {p.seed + k}" not in have:  # (a claim's seeds serve here too)
+                runs.append(with_seed(full, p.seed + k, keep_model=False))
         for row in p.ablations:
             change = dict(row["change"])
             spec_changes = {k: change.pop(k) for k in ("loss",) if k in change}
@@ -471,6 +531,16 @@ def plan_runs(p, weights: str | None) -> list[Run]:
     for r in runs:
         r.checkpoint_every = p.checkpoint_every
     return runs
+
+
+def seed_results(runs: list[Run], results: dict, dataset: str) -> dict:
+    """{run name: {seed: RunResult}} of the runs on `dataset` other than ablations: one entry per base run,
+    its repetitions with other seeds gathered under it (seeds in increasing order)."""
+    out: dict = {}
+    for r in sorted((r for r in runs if r.dataset == dataset and not r.name.startswith("ablation")),
+                    key=lambda r: r.spec.seed):
+        out.setdefault(r.base, {})[r.spec.seed] = results[(dataset, r.name)]
+    return out
 
 
 # ------------------------------------------------------------------------ what the figures need computed
@@ -533,19 +603,27 @@ def retrieval_examples(model, group: SplitInputs, query_indices, k: int = 5, dev
     return RetrievalExamples(group.store.get([q.source for q in queries]), texts, results, hits)
 
 
-def place_attention(model, group: SplitInputs, max_queries: int = 200, device: str = "cpu") -> pd.DataFrame:
-    """On CSS-style scenes: how much a word naming a grid place ("topleft", ...) attends to the image tokens
-    of that place, relative to the average image token (1 = no preference, < 1 = looks elsewhere).
+def place_attention_items(model, group: SplitInputs, max_queries: int | None = None,
+                          device: str = "cpu") -> pd.DataFrame:
+    """On CSS-style scenes: how much each word naming a grid place ("topleft", ...) attends to the image tokens
+    of that place, relative to its average image token (1 = no preference, < 1 = looks elsewhere). One row per
+    (query, place word, block, stage): `query` (index in `data.eval_queries` order), `reference` (its reference
+    image), `word` (token position), `block` (1-based), `stage` ("layer3", "layer4", or "all": every image
+    token of every stage at once), `ratio`. Heads averaged; a token belongs to the 3x3 cell holding its centre;
+    a stage whose grid has no token in the named cell gives no row for that stage (its tokens still count in
+    "all").
 
     The paper observes, from its attention figures, that words tend not to attend to the region they refer
-    to; this measures it. Tokens belong to the 3x3 cell that holds their centre; one row per (block, stage)
-    with the mean ratio over queries naming a place whose cell holds at least one token of that stage."""
+    to; this measures it, per word, where the text names the region."""
     places = {f"{r}{c}": (i, j) for i, r in enumerate(ROWS) for j, c in enumerate(COLUMNS)}
     split = group.split
     model = model.to(device).eval()
-    ratios: dict = {}
-    for q in split.queries[:max_queries]:
+    rows = []
+    for qi, q in enumerate(eval_queries(split)[:max_queries]):
         text = split.query_text(q)
+        named = [(k, places[w]) for k, w in enumerate(tokenize(text)) if w in places]
+        if not named:  # no place named: nothing to measure (and no forward pass spent)
+            continue
         with torch.no_grad():
             out = model.compose(normalize_pixels(group.store.get([q.source])).to(device), [text],
                                 return_attention=True)
@@ -553,14 +631,30 @@ def place_attention(model, group: SplitInputs, max_queries: int = 200, device: s
         named = [(k, places[w]) for k, w in enumerate(words) if w in places]
         for block in range(len(out.attentions)):
             maps = word_attention_maps(out, 0, block)
-            for stage, grid in maps.items():
-                h, w = grid.shape[-2:]
-                rows = ((torch.arange(h) + 0.5) / h * 3).long()
-                cols = ((torch.arange(w) + 0.5) / w * 3).long()
-                for k, (i, j) in named:
-                    inside = (rows[:, None] == i) & (cols[None, :] == j)
+            for k, (i, j) in named:
+                inside_all, att_all = [], []
+                for stage, grid in maps.items():
+                    h, w = grid.shape[-2:]
+                    rows_of = ((torch.arange(h) + 0.5) / h * 3).long()
+                    cols_of = ((torch.arange(w) + 0.5) / w * 3).long()
+                    inside = (rows_of[:, None] == i) & (cols_of[None, :] == j)
+                    att = grid[k].cpu()
+                    inside_all.append(inside.reshape(-1))
+                    att_all.append(att.reshape(-1))
                     if inside.any():
-                        att = grid[k].cpu()
-                        ratios.setdefault((block + 1, stage), []).append(float(att[inside].mean() / att.mean()))
-    return pd.DataFrame([{"block": b, "stage": f"layer{s}", "queries": len(v), "ratio": float(np.mean(v))}
-                         for (b, s), v in sorted(ratios.items())])
+                        rows.append((qi, q.source, k, block + 1, f"layer{stage}", float(att[inside].mean() / att.mean())))
+                inside_all, att_all = torch.cat(inside_all), torch.cat(att_all)
+                if inside_all.any():
+                    rows.append((qi, q.source, k, block + 1, "all",
+                                 float(att_all[inside_all].mean() / att_all.mean())))
+    return pd.DataFrame(rows, columns=["query", "reference", "word", "block", "stage", "ratio"])
+
+
+def place_attention(model, group: SplitInputs, max_queries: int | None = None, device: str = "cpu") -> pd.DataFrame:
+    """`place_attention_items` per (block, stage) of the layer grids: the mean ratio over the place words
+    whose named cell holds at least one token of that stage (`queries`: how many)."""
+    items = place_attention_items(model, group, max_queries, device)
+    items = items[items.stage != "all"]
+    return pd.DataFrame([{"block": b, "stage": s, "queries": len(v), "ratio": float(v.ratio.mean())}
+                         for (b, s), v in items.groupby(["block", "stage"], sort=True)],
+                        columns=["block", "stage", "queries", "ratio"])

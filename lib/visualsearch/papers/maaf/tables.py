@@ -54,3 +54,32 @@ def ablation_rows(results: dict, switches: dict, reference: str) -> pd.DataFrame
 
 def fiq_score(res) -> float:
     return float(np.mean([(v["R@10"] + v["R@50"]) / 2 for v in res.recall.values()]))
+
+
+def claim_score_rows(scored: list, dataset_labels: dict | None = None) -> pd.DataFrame:
+    """Per decided claim (`claims.Scored`), per compared method: the mean per-item score of each training seed
+    and over the seeds pooled, and the number of items: the numbers behind claims.csv, seed by seed. `dataset`
+    is the claim id (with its dataset); `item score` the claim's metric."""
+    labels = dataset_labels or {}
+    rows = []
+    for s in scored:
+        head = {"dataset": f"{s.claim.id} ({labels.get(s.dataset, s.dataset)})", "item score": s.claim.metric}
+        for method, values in s.scores.items():
+            values = np.asarray(values, dtype=float)
+            cells = [(f"seed {seed}", float(v.mean())) for seed, v in zip(s.seeds, values)]
+            cells += [("seeds pooled", float(values.mean())), ("items", float(values.shape[1]))]
+            rows += [{"method": method, **head, "metric": m, "reproduced": v} for m, v in cells]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "item score"])
+
+
+def place_attention_rows(items_by_seed: dict) -> pd.DataFrame:
+    """Per training seed of the CSS MAAF model, per (block, stage): the mean ratio of a place word's attention
+    inside its named cell over its average image token (`experiment.place_attention_items`; stage "all": every
+    image token of both stages at once, what the claim is decided on)."""
+    rows = []
+    for seed, items in sorted(items_by_seed.items()):
+        for (block, stage), v in items.groupby(["block", "stage"], sort=True):
+            rows.append({"method": f"MAAF (seed {seed})", "dataset": "CSS",
+                         "metric": f"block {block} {stage}: place / mean attention", "reproduced": float(v.ratio.mean()),
+                         "words": len(v)})
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "words"])

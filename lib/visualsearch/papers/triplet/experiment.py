@@ -265,7 +265,8 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
                 e = embed_images(model, d.sop_test, device=p.device, index=sub)
                 return {"R@1": search(e, e, labels, labels, (1,), exclude="self").recall[1]}
 
-        name = f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
+        name = (f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
+                + (f" seed {cfg.seed}" if cfg.seed != p.seed else ""))
         res = train_embedding(train_set, cfg, start["trunk"], start["weights_path"], device=p.device,
                               eval_fn=ev, eval_every=eval_every if ev else 0, progress=True,
                               desc=f"training {name}", run_dir=cache.run_dir("triplet_run", key),
@@ -274,3 +275,56 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
             return {"log": res.log, "wall_s": res.wall_s, **_embed_sets(res.model, d, which, p.device)}
 
     return cache.get_or_compute("triplet_run", key, compute)
+
+
+# ------------------------------------------------------------------------ the runs behind the claims, per seed
+
+def training_seeds(p) -> list[int]:
+    """The training seeds of every run that enters a declared claim: `seed`, `seed`+1, ... (`seeds` of them).
+    The first is the seed of every other run, so its runs are the tables' own (the same cache entries)."""
+    n = int(p.seeds)
+    if n < 1:
+        raise ValueError(f"seeds must be at least 1, got {n}")
+    return [int(p.seed) + i for i in range(n)]
+
+
+def claim_run(name: str) -> tuple[str, dict]:
+    """Which run a method named by a declared claim is: a key of LOSSES is the In-shop run of that method
+    ("inshop", {"method": name}); "off_the_shelf" the In-shop features of the starting trunk ("inshop",
+    {"method": "off_the_shelf"}); "p=<x>" the SOP run of `sop.method` with single-category probability x
+    ("sop", {"single_category_prob": x})."""
+    if name in LOSSES or name == "off_the_shelf":
+        return "inshop", {"method": name}
+    if name.startswith("p="):
+        try:
+            return "sop", {"single_category_prob": float(name[2:])}
+        except ValueError:
+            pass
+    raise ValueError(f"a claim names the method {name!r}: no such run (a key of {sorted(LOSSES)}, "
+                     "'off_the_shelf' or 'p=<single-category probability>')")
+
+
+def seeded_retrievals(p, d: TripletData, start: dict, cache, names) -> dict[str, tuple[str, list[Retrieval]]]:
+    """The top-1 retrievals behind the declared claims, at every training seed (`training_seeds(p)`):
+    {name: (which, [Retrieval per seed])} for each method name (`claim_run`). Every seed fine-tunes the same
+    starting trunk; the off-the-shelf features are that trunk's, trained by no seed, so they are the same at every
+    seed. The first seed's runs are the tables' (cached, with the SOP Recall@1 curve); the others are trained
+    without that curve (it changes no training step)."""
+    seeds = training_seeds(p)
+    out = {}
+    for name in dict.fromkeys(names):
+        which, what = claim_run(name)
+        if what.get("method") == "off_the_shelf":
+            r = evaluate_run(d, which, off_the_shelf(p, d, start, which, cache), (1,))
+            out[name] = (which, [r] * len(seeds))
+            continue
+        runs = []
+        for s in seeds:
+            if which == "inshop":
+                cfg, curve = run_config(p, method=what["method"], seed=s), {}
+            else:
+                cfg = run_config(p, method=p.sop.method, single_category_prob=what["single_category_prob"], seed=s)
+                curve = {"eval_every": p.sop.eval_every, "eval_products": p.sop.eval_products} if s == p.seed else {}
+            runs.append(evaluate_run(d, which, trained_run(p, d, which, cfg, start, cache, **curve), (1,)))
+        out[name] = (which, runs)
+    return out

@@ -160,3 +160,13 @@ def test_written_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_published_numbers_are_shown_as_the_paper_wrote_them(rep, tmp_path):
+    df = pd.DataFrame({"method": ["chosen", "MAAF"], "dataset": ["d", "d"], "metric": ["GFLOPs", "R@10"],
+                       "reproduced": [0.25, 0.5], "reported": [1.0, 23.8]})
+    wide = rep.table("published", df, data="toy")
+    md = (tmp_path / "results" / "toy_nb" / "published.md").read_text()
+    assert "| 1 |" in md and "23.8 |" in md and "1.000" not in md and "23.800" not in md
+    assert "0.250" in md                                   # reproduced numbers keep their precision
+    assert list(wide.frame["GFLOPs (reported)"]) == ["1", ""]

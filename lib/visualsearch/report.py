@@ -305,7 +305,9 @@ class Reporter:
             rwide = rep.pivot_table(index=["method", "dataset"], columns="metric", values="reported",
                                     aggfunc="first").reindex(columns=[m for m in order if m in set(rep["metric"])])
             rwide.columns = [f"{c} (reported)" for c in rwide.columns]
-            out = out.join(rwide)
+            # a published number is shown as the paper wrote it (23.8, 36.55, "about 1" as 1), not padded
+            # to the reproduced numbers' three decimals
+            out = out.join(rwide.map(lambda v: "" if v != v else format(v, "g")))
             if "reported_source" in rep:  # where each published number comes from, and its status
                 src = rep.groupby(["method", "dataset"], sort=False)["reported_source"].agg(
                     lambda v: "; ".join(dict.fromkeys(str(x) for x in v if isinstance(x, str))))

@@ -1,22 +1,15 @@
-"""Deciding a paper's claims: declared claims and the tests behind `Reporter.check` (report.py), in one place.
+"""Deciding a paper's claims: declared claims and the one test behind `Reporter.decide` (report.py).
 
-Why one module: "A beats B" must mean the same thing in every notebook. Today two tests live here, each
-used where its paper's evidence has that shape:
-
-- `paired_bootstrap`: the mean per-query difference of two methods on the same test queries and its
-  bootstrap interval, resampling whole clusters (the photos of one product are not independent queries);
-  "A beats B" holds when the interval's lower end is above 0.
-- `beats_all`: whether a method scores above every other one, with the margins and the binomial standard
-  error of the winner's recall to read them against (no noise allowance: a known weakness).
-
-The claims protocol (claims declared in each notebook's config, one test for every paper, several seeds) is
-built on this module; paper-specific comparisons live in `papers/<paper>/claims.py` and call these.
+Why one module: "A beats B" must mean the same thing in every notebook. A claim is declared in the notebook's
+config (`Claim`, `declared_claims`) before results are seen and decided by `decide`: a paired bootstrap
+(`paired_bootstrap`) over test items, whole clusters resampled (the photos of one product are not
+independent queries), per-item scores pooled over training seeds. Paper-specific wiring lives in
+`papers/<paper>/claims.py` and calls these.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 SOURCES = ("paper", "extension", "exploratory")  # the paper's own claim | one we add | found after seeing results
@@ -131,20 +124,3 @@ def paired_bootstrap(a, b, clusters, n_boot: int = 2000, seed: int = 0,
     boot = sums[pick].sum(1) / counts[pick].sum(1)
     lo, hi = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
     return float(d.mean()), lo, hi
-
-
-def bootstrap_detail(a: float, b: float, lo: float, hi: float, clusters: str = "test products") -> str:
-    """The sentence a paired-bootstrap claim is reported with."""
-    return (f"{a:.3f} vs {b:.3f} (difference {a - b:+.3f}, 95% bootstrap interval over {clusters} "
-            f"{lo:+.3f} to {hi:+.3f})")
-
-
-def beats_all(scores: dict, winner: str, others: list, n_queries: int) -> tuple[bool, str]:
-    """Whether `winner` scores (recall in percent) above every one of `others`, and a sentence with the
-    margins and the binomial standard error of the winner's recall over `n_queries`."""
-    w = scores[winner]
-    se = 100 * np.sqrt(max(w / 100 * (1 - w / 100), 1e-9) / max(n_queries, 1))
-    margins = {o: w - scores[o] for o in others}
-    text = f"{winner} {w:.1f} (s.e. ~{se:.1f} over {n_queries} queries); margins: " + ", ".join(
-        f"vs {o} {scores[o]:.1f}: {m:+.1f}" for o, m in margins.items())
-    return all(m > 0 for m in margins.values()), text

@@ -10,6 +10,11 @@ Shapes:
 - default: the default preset: ResNet-18 at 64 px, frozen backbone fed precomputed maps, d 128, batch 32.
 Reference on a 2-core machine of this kind (the authors' released model code, once warm): 15.6 s per MAAF
 step and 11.4 s per TIRG step at 224 px; 1.7 s and 1.2 s at 64 px.
+
+`--authors-code DIR` times the authors' own models instead of quoting those figures: DIR is a checkout of
+yahoo/maaf at 49a0df9; both models are built once and stepped in alternating rounds, and the ratio ours/theirs is
+printed per round and overall (the paper64 and paper shapes; their code has no precomputed-maps mode, so the
+default shape is skipped). The shims their code needs on a CPU-only machine are listed in bench/maaf_authors.py.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ SHAPES = {
                     frozen_maps=True),
 }
 REFERENCE_S = {("paper", "maaf"): 15.6, ("paper", "tirg"): 11.4, ("paper64", "maaf"): 1.7, ("paper64", "tirg"): 1.2}
+AUTHORS_COMMIT = "49a0df9"
+AUTHORS_MODEL = {"maaf": "sequence_concat_attention", "tirg": "tirg"}  # our fusion name -> their --model
 WORDS = ("is darker and has long sleeves with a round neck inadditiontothat is red with stripes and shorter "
          "make the top left object blue remove small green circle").split()
 
@@ -42,7 +49,8 @@ def captions(batch: int, words: int, seed: int = 0) -> list[str]:
     return [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (words,), generator=g)) for _ in range(batch)]
 
 
-def time_steps(fusion: str, shape: str, batch: int, words: int, warmup: int, steps: int, device: str) -> list[float]:
+def our_step(fusion: str, shape: str, batch: int, words: int, device: str):
+    """A closure that runs one training step of our `fusion` model at `shape` on a fixed batch."""
     spec = SHAPES[shape]
     torch.manual_seed(0)
     cfg = dataclasses.replace(spec["cfg"], fusion=fusion)
@@ -58,20 +66,72 @@ def time_steps(fusion: str, shape: str, batch: int, words: int, warmup: int, ste
     target = {k: v[batch:] for k, v in images.items()} if isinstance(images, dict) else images[batch:]
     texts = captions(batch, words)
     loss_fn = BatchSoftmaxLoss()
+
+    def step():
+        loss = loss_fn(model(source, texts, target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def authors_step(directory: str, fusion: str, shape: str, batch: int, words: int):
+    """The same step with the authors' model (see bench/maaf_authors.py for the checkout and its shims)."""
+    from visualsearch.bench.maaf_authors import AuthorsModel
+
+    spec = SHAPES[shape]
+    if spec["frozen_maps"]:
+        raise ValueError(f"shape {shape!r} feeds precomputed maps, which the authors' code has no mode for")
+    torch.manual_seed(0)
+    model = AuthorsModel(directory, AUTHORS_MODEL[fusion], spec["size"], WORDS)
+    images = torch.randn(2 * batch, 3, spec["size"], spec["size"])
+    texts = captions(batch, words)
+    return lambda: model.step(images[:batch], texts, images[batch:])
+
+
+def timed(step, warmup: int, steps: int, device: str) -> list[float]:
+    """Seconds of each of `steps` calls of `step` after `warmup` untimed ones."""
     times = []
     for i in range(warmup + steps):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = loss_fn(model(source, texts, target))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+def time_steps(fusion: str, shape: str, batch: int, words: int, warmup: int, steps: int, device: str) -> list[float]:
+    return timed(our_step(fusion, shape, batch, words, device), warmup, steps, device)
+
+
+def side_by_side(args) -> None:
+    """Ours and theirs at the same shapes, built once each, timed in alternating rounds (so that a change in the
+    machine's load falls on both); the ratio is ours/theirs of the mean step time, per round and over all."""
+    print(f"ours beside the authors' code at {args.authors_code} (yahoo/maaf {AUTHORS_COMMIT}): "
+          f"{args.rounds} alternating rounds of {args.steps} steps after {args.warmup} warm-up steps each")
+    print(f"{'shape':8s} {'model':6s} {'round':>5s} {'ours s/step':>11s} {'theirs':>8s} {'ratio':>6s}")
+    for shape in args.shapes.split(","):
+        if SHAPES[shape]["frozen_maps"]:
+            print(f"{shape:8s} skipped: the authors' code has no precomputed-maps mode")
+            continue
+        for fusion in args.models.split(","):
+            ours = our_step(fusion, shape, args.batch, args.words, "cpu")
+            theirs = authors_step(args.authors_code, fusion, shape, args.batch, args.words)
+            timed(ours, args.warmup, 0, "cpu"), timed(theirs, args.warmup, 0, "cpu")
+            all_ours, all_theirs = [], []
+            for r in range(args.rounds):
+                a, b = timed(ours, 0, args.steps, "cpu"), timed(theirs, 0, args.steps, "cpu")
+                all_ours += a
+                all_theirs += b
+                print(f"{shape:8s} {fusion:6s} {r + 1:5d} {statistics.mean(a):11.3f} {statistics.mean(b):8.3f} "
+                      f"{statistics.mean(a) / statistics.mean(b):6.2f}", flush=True)
+            print(f"{shape:8s} {fusion:6s} {'all':>5s} {statistics.mean(all_ours):11.3f} "
+                  f"{statistics.mean(all_theirs):8.3f} {statistics.mean(all_ours) / statistics.mean(all_theirs):6.2f}",
+                  flush=True)
 
 
 def main(argv=None) -> None:
@@ -84,9 +144,21 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--authors-code", metavar="DIR", default=None,
+                    help=f"a checkout of yahoo/maaf at {AUTHORS_COMMIT}: time their model beside ours (CPU only)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --authors-code")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.authors_code:
+        if args.device != "cpu":
+            ap.error("--authors-code times both on the CPU (their code's shims are CPU ones)")
+        unknown = set(args.models.split(",")) - set(AUTHORS_MODEL)
+        if unknown:
+            ap.error(f"--authors-code knows the authors' {', '.join(AUTHORS_MODEL)}; not {', '.join(sorted(unknown))}")
+        print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.words}-word captions")
+        side_by_side(args)
+        return
     print(f"MAAF / TIRG training step, batch {args.batch}, {args.words}-word captions, {args.warmup} warm-up + "
           f"{args.steps} timed steps, device {args.device}, torch threads {torch.get_num_threads()}")
     print(f"{'shape':8s} {'model':16s} {'mean s/step':>11s} {'min':>7s} {'max':>7s} {'reference':>10s}")

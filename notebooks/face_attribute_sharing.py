@@ -25,8 +25,9 @@
 #    network trained from scratch, and a **capacity control**: branching earlier also trains more layers, so the
 #    control trains *the same small probe* (1x1 projection, one residual block, pooled 3x3 grid, linear head;
 #    parameters equal within ~10%) on the frozen features at every depth;
-# 4. every sharing pattern (one depth per attribute) costed with `torch.utils.flop_counter` at the paper
-#    preset's input size, and the most accurate one within 1 GFLOP built as one multi-head network.
+# 4. every sharing pattern (one depth per attribute) costed with `torch.utils.flop_counter` on the network whose
+#    accuracies are reported, the most accurate one within 1 GFLOP built as one multi-head network, and the paper's
+#    budget checked on the paper preset's wider network at its 112 px input.
 #
 # The paper's data are private and its per-depth numbers are not known; the default preset runs on a synthetic
 # faces world written in FairFace's format, built so that emotion (and part of age) varies from photo to photo of
@@ -41,9 +42,11 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 40 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (roughly 8-11 minutes the first time on an idle 2-core CPU, under half a minute again with the result
-#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic faces at a size where the paper's effects show (40 px, 3 fine-tuning
-#   seeds).
+# - `default` (about 5-6 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+#   cache warm; the committed run's own times are in `results/run_times.json`): synthetic faces at a size where the
+#   paper's effects show (40 px, 3 fine-tuning seeds). Training runs in channels-last layout with bfloat16 autocast
+#   (`precision: bf16`, about twice as fast on CPUs with AMX or AVX512-BF16; `overrides = {"precision": "fp32"}`
+#   for plain float32).
 # - `paper` (meant for a GPU; its time is not measured here): the real identity, FairFace and FER2013 data under
 #   `data_root` (listed in "The data" below; every path is checked before anything is read), a wider trunk at
 #   112 px and long schedules. Each training checkpoints every `checkpoint_every` steps (2000 at this preset) and a
@@ -147,7 +150,8 @@ rep.table("identity_trunk", identity, data=DATA, note=identity_note)
 #
 # Every branch is trained with the same steps and learning rate; the frozen part is in eval mode. Each number
 # is a mean over the fine-tuning seeds, with the standard deviation beside it (`std`, `min`, `max` columns in the
-# CSV). Age is classified over FairFace's 9 bins; its MAE is in years from the predicted bin's centre.
+# CSV). The from-scratch baseline trains only the first `scratch_seeds` seeds (1 at the default preset, to fit the
+# time budget: it is in no claim and its whole-network runs are the grid's costliest; `n_seeds` says so per row). Age is classified over FairFace's 9 bins; its MAE is in years from the predicted bin's centre.
 
 # %%
 runs_df, runs = experiment.run_grid(trunk, trunk_key, data, p, cache, device)
@@ -183,12 +187,48 @@ rep.figure("accuracy_vs_depth", fig, data=DATA)
 
 # %%
 halves = claims.halves_of(data.test, p)
-claims.check_depth_claims(rep, runs, data.test, halves, p)
+decided = claims.check_depth_claims(rep, runs, data.test, halves, p)
+print("\n".join(claims.in_words(decided)))
 control = tables.control_summary(runs_df)
 show(control)
 
 # %% [markdown]
-# **How firm these are.** The default preset is cut to fit 10 minutes on 2 cores (40 px input, 1000 trunk steps,
+# The lines above say per attribute whether its claim holds and, for the paper's two claims, whether the capacity
+# control held. A paper claim whose capacity control fails is **not reproduced**, even where fine-tuning alone gains:
+# the gain of the earlier branch is then not shown to be more than its extra trainable layers. In the committed
+# default run (`results/face_attribute_sharing/claims.md`) this is the age claim's fate: the probe does no better at
+# an earlier depth than at the last, and fine-tuning's own gain on the decision half is within noise.
+
+# %% [markdown]
+# ### Why head-only emotion sits at chance
+#
+# Head-only fine-tuning reads the last stage's features **globally average-pooled**: at 40 px the last stage is a
+# 5x5 map, and pooling it away discards where on the face a feature fired, which is what the synthetic world's
+# emotion is (mouth, brows, eyes). To tell a signal the frozen features lack from one the short head-only training
+# missed, a linear classifier is fitted to convergence on the frozen features after stages 3 and 4, pooled globally
+# (what the head-only branch reads) and to a 3x3 grid (what the probe keeps), with gender beside it.
+
+# %%
+readout = experiment.readout_diagnostic(trunk, trunk_key, data, cache, device=device)
+chance = {a: 1 / len(data.vocab[a]) for a in ATTRIBUTES}
+rep.table("linear_readout", tables.readout_table(readout, DATASET, chance), data=DATA,
+          note="Logistic regression (L-BFGS, C=1, standardised features) on frozen identity-trunk features, fitted on "
+          "the attribute-training images, scored on the test images.")
+print(tables.readout_finding(readout, summary))
+
+# %% [markdown]
+# What this means for the comparison (read the line above and the table): where the read-out of the globally pooled
+# features stays close to chance while the 3x3-grid read-out of the same features does not, the last stage still
+# carries emotion, but in its spatial layout, which the head-only branch's global pooling discards; where head-only
+# fine-tuning stays below the converged read-out of the same pooled features, its short training adds to it. Either
+# way "head only" measures *pooled* last-stage features, and an earlier branch's gain mixes two things: less identity
+# invariance, and trainable layers that can turn layout into channels before the pooling. The capacity control
+# separates them: the probe keeps a 3x3 layout at every depth, so its gain from an earlier depth is not the pooling's
+# doing; that is why the paper's claims are decided with it. (The design is kept: head only is the paper's baseline,
+# one new layer on the penultimate identity features, and the control is what answers the confound.)
+
+# %% [markdown]
+# **How firm these are.** The default preset is cut to fit about 5 minutes on 2 cores (40 px input, 1000 trunk steps,
 # 200 fine-tuning steps, 3 fine-tuning seeds), and each claim is decided on half of the 150 test people: the
 # interval in each row of the claims table says how firm it is. A larger setting can be run with e.g.
 # `./run_all.sh --only face_attribute_sharing --set model.input_size=48 --set trunk.steps=1200
@@ -199,17 +239,22 @@ show(control)
 #
 # A pattern gives each attribute a branch depth. One forward pass runs the shared trunk up to the deepest branch
 # point once, then each attribute's private stages and head. Costs are counted per stage with
-# `torch.utils.flop_counter` at the paper preset's input size, as multiply-adds (MACs) and FLOPs (2 per
-# multiply-add); the budget applies to the convention in `p.sharing.convention`. A pattern's accuracy is the mean
-# over attributes of the per-depth accuracies above (mean over seeds). The pattern built below is the most accurate
+# `torch.utils.flop_counter`, as multiply-adds (MACs) and FLOPs (2 per multiply-add), on **the network whose
+# accuracies are reported** (this preset's trunk at its own input size); the budget applies to the convention in
+# `p.sharing.convention`. At the default preset's 40 px every pattern fits 1 GFLOP, so the budget does not bind
+# here; the paper's budget is checked on the paper preset's network below, as a check that can fail. A pattern's
+# accuracy is the mean over attributes of the per-depth accuracies above (mean over seeds). The pattern built below is the most accurate
 # within the budget **on the selection half** of the test people (so that the claim on it is decided on other
 # people); the table shows every pattern's accuracy on all test people.
 
 # %%
-S = p.sharing.cost_input_size
+S = p.model.input_size
 n_classes = {a: len(data.vocab[a]) for a in ATTRIBUTES}
 costs = sharing.part_costs(experiment.net_config(p), n_classes, S)
-patterns = sharing.enumerate_patterns(sharing.mean_accuracy_table(summary), costs)
+budget_cfg, budget_preset = sharing.budget_network(p)
+budget_costs = sharing.part_costs(budget_cfg, n_classes, budget_cfg.input_size)
+BUDGET_NET = f"the {budget_preset} preset's network (widths {list(budget_cfg.widths)}) at {budget_cfg.input_size} px"
+patterns = sharing.with_budget_costs(sharing.enumerate_patterns(sharing.mean_accuracy_table(summary), costs), budget_costs)
 front = sharing.pareto_front(patterns, p.sharing.convention)
 on_selection = sharing.enumerate_patterns(claims.selection_accuracy(runs, data.test, halves, p), costs)
 chosen_name = sharing.choose_pattern(on_selection, p.sharing.budget, p.sharing.convention)["pattern"]
@@ -217,9 +262,9 @@ chosen = patterns[patterns.pattern == chosen_name].iloc[0]
 named = sharing.named_patterns(patterns, summary, p)
 shown = tables.patterns_to_show(patterns, front, chosen, named)
 print("chosen:", chosen["pattern"], f"{chosen['flops'] / 1e9:.3f} GFLOPs = {chosen['macs'] / 1e9:.3f} GMACs")
-rep.table("sharing_patterns", pd.concat([tables.pattern_rows(shown, DATASET, f"{S} px"),
+rep.table("sharing_patterns", pd.concat([tables.pattern_rows(shown, DATASET, f"this preset's network at {S} px", BUDGET_NET),
                                           context_rows("face", "sharing_patterns")], ignore_index=True),
-          data=DATA, note=f"Costs at {S} px input. Shown: the Pareto front, the chosen pattern (the most accurate "
+          data=DATA, note=f"Costs on this preset's network at {S} px (cost_at), and on {BUDGET_NET}. Shown: the Pareto front, the chosen pattern (the most accurate "
           "within the budget on the selection half of the test people) and the baselines; accuracies on all test people.")
 
 # %%
@@ -233,11 +278,12 @@ rep.figure("flops_vs_accuracy", fig, data=DATA)
 # pass returns all four predictions. Its cost is counted on the built network (and must equal the search's sum).
 # Two claims are checked on it after the table:
 #
-# - the paper's "the final network needs only about 1 GFLOP for all predictions", not an "A beats B" but a cost:
-#   the built network's FLOPs at most the budget. Checked by a proxy: the paper's network is unknown, so this costs
-#   *this preset's* trunk at the paper preset's 112 px input, and since the pattern is chosen within the budget the
-#   check confirms the count on the built network rather than testing the paper's number (a later change moves it
-#   onto the paper preset's network);
+# - the paper's "the final network needs only about 1 GFLOP for all predictions", not an "A beats B" but a cost,
+#   declared in advance so that it can fail: the paper's network and pattern are unknown, so the pattern our
+#   procedure picks **on accuracy alone** (the most accurate on the selection half, without the budget filter) is
+#   costed on **the paper preset's network at its 112 px input** (counting needs no training), and must come within
+#   1 GFLOP x (1 + 0.25) ("about"; tolerance in `checks.one_gflop`), FLOPs counted as 2 per multiply-add (MACs
+#   beside them). The network built here is costed too (the table above), at this preset's own input size;
 # - ours (`source: extension`): the chosen pattern "loses little accuracy against one network per attribute", read
 #   as within 0.02 of it, decided by the same bootstrap on the decision half (per image: the mean over the four
 #   attributes of 1/0 correct).
@@ -255,7 +301,8 @@ rep.table("chosen_vs_baselines", pd.concat([baselines, context_rows("face", "con
           data=DATA, note=f"Costs at {S} px. Context rows are other systems' published numbers, not this paper's.")
 
 # %%
-claims.check_budget(rep, counted, p)
+unbudgeted = sharing.pattern_of(sharing.choose_without_budget(on_selection, p.sharing.convention))
+claims.check_budget(rep, unbudgeted, sharing.pattern_cost(unbudgeted, budget_costs), BUDGET_NET, p)
 claims.check_loss_vs_separate(rep, runs, data.test, halves, sharing.pattern_of(chosen), p)
 
 # %%

@@ -85,3 +85,18 @@ def test_cross_attention_masks_padding_and_catalog_skips_text(vocab, images):
 def test_unknown_fusion_is_clear(vocab):
     with pytest.raises(ValueError, match="unknown fusion"):
         build_baseline(dataclasses.replace(TINY, fusion="gated"), vocab)
+
+
+def test_tirg_matched_has_maafs_image_side_and_about_its_trainable_parameters(vocab, images):
+    """The capacity control: TIRG on MAAF's token projections, within 2% of MAAF's trainable parameters with a
+    frozen backbone (plain TIRG has far fewer), and its image feature depends on layer3 (plain TIRG's cannot)."""
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    for dim, ff in ((16, 8), (128, 128)):
+        cfg = dict(dim=dim, ff_width=ff, blocks=2, backbone_frozen=True)
+        maaf, matched, tirg = (tiny(vocab, f, **cfg) for f in ("maaf", "tirg_matched", "tirg"))
+        assert abs(count(matched) - count(maaf)) <= 0.02 * count(maaf) < count(maaf) - count(tirg)
+    m = tiny(vocab, "tirg_matched").eval()
+    maps = {s: torch.randn(3, c, h, h) for s, c, h in (("3", 256, 4), ("4", 512, 2))}
+    changed = dict(maps, **{"3": maps["3"] + 1.0})
+    assert not torch.allclose(m.image_feature(maps), m.image_feature(changed))
+    assert torch.equal(m.embed_catalog(maps), m.image_feature(maps))

@@ -27,25 +27,28 @@ def test_experiment_grid_covers_every_run_and_benchmark(out):
 
 
 def test_claims_declared_decided_and_labelled(out):
-    """Every row of claims.csv is a declared claim with its source, criterion and seeds: the paper's four on the
-    smoke preset's two training seeds, the exploratory scarce-data row on the sweep's one seed (RAF is not swept
-    at smoke size, so its scarce-data row is not recorded)."""
+    """Every row of claims.csv is a declared claim with its source, criterion and seeds: the paper's four and the
+    misaligned-pretraining extension on the smoke preset's two training seeds, the exploratory scarce-data row on
+    the sweep's one seed (RAF is not swept at smoke size, so its scarce-data row is not recorded)."""
     claims = pd.read_csv(out / "results" / "cfq_evaluation" / "claims.csv")
     assert list(claims["id"]) == ["pretraining_matters", "imfq_adds_va", "imfq_adds_raf", "raf_keeps_pretraining",
-                                  "scarce_pretraining"]
-    assert list(claims["source"]) == ["paper"] * 4 + ["exploratory"]
-    assert list(claims["seeds"]) == [2] * 4 + [1]
+                                  "aligned_pretraining", "scarce_pretraining"]
+    assert list(claims["source"]) == ["paper"] * 4 + ["extension", "exploratory"]
+    assert list(claims["seeds"]) == [2] * 5 + [1]
     assert claims["criterion"].str.contains("paired bootstrap").all()
     assert claims["criterion"].str.contains("all required").all()
     assert claims["verdict"].str.startswith("not evaluated").all()
     assert claims["detail"].str.contains(r"\[[+-]\d", regex=True).all()  # every detail states its intervals
-    assert "90 FIQ pairs" in claims["detail"].iloc[4]
+    assert "90 FIQ pairs" in claims["detail"].iloc[5]
     assert claims["comparison"].iloc[3].startswith("raf-fiq > clip-fiq, af-fiq on ")
+    assert claims["comparison"].iloc[0].startswith("clip-fiq > scratch-fiq, scratch-fiq-va-lr on ")
+    assert claims["comparison"].iloc[4].startswith("clip-fiq > clip-scramble-fiq, clip-mismatch-fiq on ")
 
 
 def test_per_seed_table_of_the_claims_runs(out):
     table = pd.read_csv(out / "results" / "cfq_evaluation" / "claim_runs_by_seed.csv")
-    runs = ["clip-fiq", "scratch-fiq", "clip-imfq-fiq", "raf-imfq-fiq", "raf-fiq", "af-fiq"]
+    runs = ["clip-fiq", "scratch-fiq", "scratch-fiq-va-lr", "clip-imfq-fiq", "raf-imfq-fiq", "raf-fiq", "af-fiq",
+            "clip-scramble-fiq", "clip-mismatch-fiq"]
     assert set(table["method"]) == {RUN_LABELS[r] for r in runs} and sorted(set(table["seed"])) == [0, 1]
     assert table.groupby(["method", "seed"]).size().eq(4).all()
     grid = pd.read_csv(out / "results" / "cfq_evaluation" / "experiment_grid.csv")
@@ -73,3 +76,15 @@ def test_data_limited_sweep_uses_nested_shares_of_the_training_pairs(out):
     assert set(table["share"]) == {0.5, 1.0}
     assert table.groupby(["method", "FIQ training pairs"]).size().eq(4).all()  # the four headline numbers each
     assert table["reproduced"].between(0, 100).all()
+
+
+def test_extra_datasets_table_has_every_model_and_recall(out):
+    """Birds-to-Words (R@10, R@50) and MIT-States (R@1, R@5, R@10), each model of the smoke preset's
+    `extra.models` (zero-shot CLIP VA and RAF), every value a percentage."""
+    table = pd.read_csv(out / "results" / "cfq_evaluation" / "extra_datasets.csv")
+    b2w = table[table.dataset.str.contains("Birds-to-Words")]
+    mit = table[table.dataset.str.contains("MIT-States")]
+    assert set(b2w.metric) == {"R@10", "R@50"} and set(mit.metric) == {"R@1", "R@5", "R@10"}
+    assert set(table.method) == {"CLIP VA, zero-shot", "RAF, fine-tuned"}
+    assert len(b2w) == 2 * 2 and len(mit) == 2 * 3
+    assert table.reproduced.between(0, 100).all() and (table.preset == "smoke").all()

@@ -31,9 +31,13 @@ def test_accuracy_by_depth_table(out):
 def test_sharing_patterns_and_chosen_network(out):
     pats = pd.read_csv(out / "results" / NB / "sharing_patterns.csv")
     chosen = pats[pats.role.fillna("").str.contains("chosen")]
-    g = chosen[chosen.metric == "GFLOPs (2 per multiply-add)"].reproduced.iloc[0]
-    m = chosen[chosen.metric == "GMACs (multiply-adds)"].reproduced.iloc[0]
+    own = chosen[chosen.cost_at == "this preset's network at 32 px"]  # the network whose accuracies are reported
+    g = own[own.metric == "GFLOPs (2 per multiply-add)"].reproduced.iloc[0]
+    m = own[own.metric == "GMACs (multiply-adds)"].reproduced.iloc[0]
     assert g == pytest.approx(2 * m) and g <= 1.0
+    # every pattern is also costed on the paper preset's network at 112 px, where the paper's budget is checked
+    paper = chosen[chosen.cost_at.str.contains("paper preset's network") & chosen.cost_at.str.contains("112 px")]
+    assert paper[paper.metric == "GFLOPs (2 per multiply-add)"].reproduced.iloc[0] > 20 * g
     base = pd.read_csv(out / "results" / NB / "chosen_vs_baselines.csv")
     methods = " | ".join(base.method.unique())
     for name in ("one forward pass", "head only", "separate networks (share nothing)", "from scratch"):
@@ -62,3 +66,14 @@ def test_claims_and_figures(out):
     figs = {p.stem for p in (out / "figures" / NB).glob("*.png")}
     assert figs >= {"accuracy_vs_depth", "flops_vs_accuracy", "confusion_matrices", "faces_identities_by_emotion",
                     "predictions_grid"}
+
+
+@pytest.mark.notebook
+def test_linear_readout_table(out):
+    """The diagnostic of head-only emotion: global pooling against a 3x3 grid, after stages 3 and 4."""
+    df = pd.read_csv(out / "results" / NB / "linear_readout.csv")
+    test = df[df.metric.str.endswith("test accuracy")]
+    assert set(test.attribute) == {"emotion", "gender"} and sorted(set(test.depth)) == [3, 4]
+    assert sorted(set(test.grid)) == [1, 3] and test.reproduced.between(0, 1).all()
+    chance = df[df.attribute == "emotion"].chance.tolist()
+    assert chance == pytest.approx([0.2] * len(chance))

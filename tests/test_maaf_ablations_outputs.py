@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 NB = "maaf_ablations"
+PARAMS = "trainable parameters"
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,12 @@ def read(out, name):
 def test_fiq_table_has_protocol_rows_and_reported_numbers(out):
     df = read(out, "fiq_recall")
     assert {"method", "dataset", "metric", "reproduced", "reported", "data", "preset"} <= set(df.columns)
-    ours = df[df["reproduced"].notna()]
-    assert {"MAAF", "TIRG", "image only", "concat"} <= set(ours["method"])
+    params = df[df.metric == PARAMS].set_index("method")["reproduced"]
+    ours = df[df["reproduced"].notna() & (df.metric != PARAMS)]
+    assert {"MAAF", "TIRG", "TIRG (matched capacity)", "image only", "concat"} <= set(ours["method"])
+    # the capacity control: about MAAF's trainable parameters, well above plain TIRG's
+    assert abs(params["TIRG (matched capacity)"] - params["MAAF"]) <= 0.02 * params["MAAF"]
+    assert params["TIRG"] < 0.9 * params["MAAF"]
     assert set(ours["dataset"]) == {"dress", "shirt", "toptee", "average"}
     assert ours["reproduced"].between(0, 100).all()
     overall = df[(df.method == "MAAF") & (df.dataset == "average") & (df.metric == "(R@10+R@50)/2")].iloc[0]
@@ -37,8 +42,17 @@ def test_fiq_table_has_protocol_rows_and_reported_numbers(out):
                                            ("spot_the_diff_recall", {"R@1", "R@5", "R@10", "R@50"})])
 def test_other_datasets(out, name, metrics):
     df = read(out, name)
-    assert set(df["metric"]) == metrics and {"MAAF", "TIRG"} <= set(df["method"])
-    assert df["reproduced"].between(0, 100).all()
+    assert set(df["metric"]) == metrics | {PARAMS} and {"MAAF", "TIRG", "TIRG (matched capacity)"} <= set(df["method"])
+    assert df[df.metric != PARAMS]["reproduced"].between(0, 100).all()
+    assert (df[df.metric == PARAMS]["reproduced"] > 0).all()
+
+
+def test_every_claim_comparison_is_tabulated(out):
+    df = read(out, "claim_comparisons")
+    assert {"MAAF vs TIRG (matched capacity)", "MAAF vs image only", "MAAF vs TIRG"} <= set(df["method"])
+    assert {"Spot-the-Diff", "Birds-to-Words", "Fashion200k", "CSS", "Fashion IQ"} == set(df["dataset"])
+    wide = df.pivot_table(index=["method", "dataset"], columns="metric", values="reproduced")
+    assert wide["difference"].to_numpy() == pytest.approx((wide["MAAF"] - wide["compared"]).to_numpy())
 
 
 def test_ablations_and_claims(out):
@@ -54,7 +68,8 @@ def test_ablations_and_claims(out):
     assert claims["criterion"].str.startswith("paired bootstrap over").all()
     assert set(claims["verdict"]) == {"not evaluated (smoke size)"}
     assert claims.set_index("id")["proxy"].notna().tolist() == [False] * 5 + [True]
-    assert claims.set_index("id").loc["f200k_competitive", "comparison"].startswith("MAAF within 0.02 of TIRG, concat")
+    assert claims.set_index("id").loc["f200k_competitive", "comparison"].startswith(
+        "MAAF within 0.02 of TIRG, TIRG (matched capacity), concat")
 
 
 def test_the_per_seed_table_holds_every_decided_claim(out):

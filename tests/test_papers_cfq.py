@@ -88,7 +88,7 @@ def _default_claims():
 
 def test_declared_claims_parse_and_name_runs_and_scores_the_code_produces():
     """Every declared claim compares runs of the grid on per-item scores `evaluate_all` produces; the paper's
-    claims are the paper's (source paper, its words), rest on >= 3 training seeds at the default preset and
+    claims are the paper's (source paper, its words), rest on >= 2 training seeds at the default preset and
     are off the sweep; the sweep's claims are exploratory and compare runs the sweep trains."""
     from visualsearch.config import load_params
 
@@ -107,10 +107,16 @@ def test_declared_claims_parse_and_name_runs_and_scores_the_code_produces():
         if cid in on_sweep:
             assert c.source == "exploratory" and set(claims.runs_of(c)) <= set(p.data_limited["runs"]), cid
     assert set(on_sweep) <= set(declared)
-    assert p.claim_tests["seeds"] >= 3
+    assert p.claim_tests["seeds"] >= 2
     assert load_params("cfq_evaluation", "paper", {"model": {"clip_path": "/x"}}).claim_tests["seeds"] >= 2
-    assert claims.seeded_runs(declared, on_sweep) == ["clip-fiq", "scratch-fiq", "clip-imfq-fiq", "raf-imfq-fiq",
-                                                      "raf-fiq", "af-fiq"]
+    assert claims.seeded_runs(declared, on_sweep) == ["clip-fiq", "scratch-fiq", "scratch-fiq-va-lr", "clip-imfq-fiq",
+                                                      "raf-imfq-fiq", "raf-fiq", "af-fiq", "clip-scramble-fiq",
+                                                      "clip-mismatch-fiq"]
+    # the pretraining claim faces the from-scratch arm at both learning rates; the controls for misaligned
+    # pretraining are decided as a declared extension (the paper states no claim about them)
+    assert list(declared["pretraining_matters"].worse) == ["scratch-fiq", "scratch-fiq-va-lr"]
+    assert declared["aligned_pretraining"].source == "extension"
+    assert set(declared["aligned_pretraining"].worse) == set(cx.MISALIGNED)
     shown = claims.declared_table(declared)
     assert list(shown.id) == list(declared) and shown.comparison.str.contains(" > ").all()
 
@@ -130,7 +136,8 @@ def test_claims_are_decided_on_every_score_pooled_over_seeds():
             out.append(_result(scores))
         return out
     seeded = {"scratch-fiq": runs(0.0), "clip-fiq": runs(0.3), "clip-imfq-fiq": runs(0.5),
-              "raf-fiq": runs(0.6), "raf-imfq-fiq": runs(0.8, worse_on="CFQ similar AP"), "af-fiq": runs(0.5)}
+              "raf-fiq": runs(0.6), "raf-imfq-fiq": runs(0.8, worse_on="CFQ similar AP"), "af-fiq": runs(0.5),
+              "scratch-fiq-va-lr": runs(-0.1), "clip-scramble-fiq": runs(0.1), "clip-mismatch-fiq": runs(0.4)}
     limited = {("clip-fiq", 0.5): _result(base[0] + 0.2), ("scratch-fiq", 0.5): _result(base[0]),
                ("clip-fiq", 0.25): _result(base[0] + 0.2), ("scratch-fiq", 0.25): _result(base[0] + 0.3)}
     rep = RecordingReporter()
@@ -138,7 +145,8 @@ def test_claims_are_decided_on_every_score_pooled_over_seeds():
                                on_data_limited=p.claim_tests["on_data_limited"], n_boot=300)
     verdicts = {o["id"]: o["passed"] for o in out}
     assert verdicts == {"pretraining_matters": True, "imfq_adds_va": True, "imfq_adds_raf": False,
-                        "raf_keeps_pretraining": True, "scarce_pretraining": False}  # scarce_raf: RAF not swept
+                        "raf_keeps_pretraining": True, "aligned_pretraining": False,  # mismatch (0.4) beats clip-fiq
+                        "scarce_pretraining": False}  # scarce_raf: RAF not swept
     decided = {c.id: d for c, d in rep.decided}
     assert all(decided[c].seeds == 3 for c in ("pretraining_matters", "raf_keeps_pretraining"))
     assert decided["scarce_pretraining"].seeds == 1
@@ -163,8 +171,10 @@ def test_decide_matches_a_direct_paired_bootstrap_and_refuses_unpaired_items():
     clusters; items that differ between runs or seeds are refused, not silently compared."""
     from visualsearch import claims as vc
 
+    from dataclasses import replace
+
     _, declared = _default_claims()
-    claim = declared["pretraining_matters"]
+    claim = replace(declared["pretraining_matters"], worse=("scratch-fiq",))  # one comparison: one direct bootstrap
     rng = np.random.default_rng(1)
     a, b = rng.random((2, 40)), rng.random((2, 40))
     results = {"clip-fiq": [_result(x) for x in a], "scratch-fiq": [_result(x) for x in b]}
@@ -234,6 +244,7 @@ def _trained_looking_clip(folder, seed=7):
 def _paper_params(clip, **model):
     from visualsearch.config import load_params
 
+    model = {"mismatch_clip_path": str(clip), **model}
     return load_params("cfq_evaluation", "paper", {"model": {"clip_path": str(clip), "image_size": 32, **model},
                                                     "train": {"fiq": {"steps": 6, "batch_size": 4}}})
 
@@ -272,6 +283,68 @@ def test_no_pretraining_arm_is_untrained_on_a_local_clip(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), run
 
 
+def test_misaligned_controls_break_only_the_agreement_of_the_towers(tmp_path):
+    """scramble: every weight the pretrained arm's, but the text projection's input columns permuted (drawn with
+    the training seed); mismatch: the image tower this CLIP's, the text tower and projection the other CLIP's."""
+    a = _trained_looking_clip(tmp_path / "a", seed=7).state_dict()
+    b = _trained_looking_clip(tmp_path / "b", seed=8).state_dict()
+    exp = cx.CFQExperiment.models_only(_paper_params(tmp_path / "a", mismatch_clip_path=str(tmp_path / "b")),
+                                       cx.result_cache(tmp_path / "results"))
+    aligned = exp.build("clip-fiq")[0].clip.state_dict()
+    scrambled = exp.build("clip-scramble-fiq")[0].clip.state_dict()
+    mismatched = exp.build("clip-mismatch-fiq")[0].clip.state_dict()
+    w, ws = aligned["text_projection.weight"], scrambled["text_projection.weight"]
+    assert not torch.equal(w, ws)
+    assert sorted(map(tuple, w.T.tolist())) == sorted(map(tuple, ws.T.tolist()))  # the same columns, reordered
+    assert all(torch.equal(v, scrambled[k]) for k, v in aligned.items() if k != "text_projection.weight")
+    other_seed = exp.build("clip-scramble-fiq", seed=1)[0].clip.state_dict()["text_projection.weight"]
+    assert not torch.equal(ws, other_seed)  # the permutation is drawn with the training seed
+    assert torch.equal(mismatched["text_projection.weight"], b["text_projection.weight"])
+    assert torch.equal(mismatched["image.projection.weight"], a["visual_projection.weight"])
+    text = [k for k in mismatched if k.startswith("text.") and mismatched[k].is_floating_point()]
+    assert text and all(not torch.equal(mismatched[k], aligned[k]) for k in text)
+    image = [k for k in mismatched if k.startswith("image.")]
+    assert image and all(torch.equal(mismatched[k], aligned[k]) for k in image)
+    with pytest.raises(ValueError, match="unknown misalignment"):
+        cx.misalign(exp.pretrained_clip(), "shuffle", 0)
+
+
+def test_scratch_arm_at_the_va_rate_and_the_jobs_of_the_notebook(tmp_path, monkeypatch):
+    """scratch-fiq trains at the new-parameter rate, scratch-fiq-va-lr at CLIP VA's, like clip-fiq; `jobs` lists
+    the grid, the claims' seeds and the sweep once each, and the from-scratch runs are scheduled first."""
+    from types import SimpleNamespace
+
+    import visualsearch.train as vt
+    from visualsearch.config import load_params
+
+    p = load_params("cfq_evaluation", "smoke")
+    exp = cx.CFQExperiment.models_only(p, cx.result_cache(tmp_path / "r"))
+    exp.data = SimpleNamespace(fiq_train=cd.PairSet(np.arange(4), np.arange(4) + 4, [["a"]] * 4),
+                               fingerprints={"x": "y"})
+    seen = {}
+
+    def fake_train(model, step_fn, batch_fn, cfg, run_dir=None, param_groups=None, **kw):
+        seen["lr"], seen["scales"] = cfg.lr, sorted(g["lr_scale"] for g in param_groups)
+        return SimpleNamespace(log=None)
+    monkeypatch.setattr(vt, "train", fake_train)
+    model = SimpleNamespace(param_groups=lambda scale: [{"params": [], "lr_scale": scale}])
+    lrs = {}
+    for run in ("scratch-fiq", "scratch-fiq-va-lr", "clip-fiq", "clip-scramble-fiq"):
+        exp.train_stage(model, None, run, "fiq")
+        lrs[run] = seen["lr"]
+    assert lrs["scratch-fiq"] == p.train["fiq"]["lr"] != p.train["va_lr"]
+    assert lrs["scratch-fiq-va-lr"] == lrs["clip-fiq"] == lrs["clip-scramble-fiq"] == p.train["va_lr"]
+    assert exp.run_key("scratch-fiq")["lr"] != exp.run_key("scratch-fiq-va-lr")["lr"]
+    assert exp.run_key("clip-mismatch-fiq")["mismatch"]["seed"] == p.pretrain["mismatch_seed"] != p.seed
+    jobs = exp.jobs(["clip-fiq", "scratch-fiq"])
+    assert len(jobs) == len(set(jobs))
+    assert {(r, 1.0, p.seed) for r in p.runs} <= set(jobs)
+    assert {(r, 1.0, s) for r in ("clip-fiq", "scratch-fiq") for s in exp.training_seeds()} <= set(jobs)
+    assert {(r, float(sh), p.seed) for r in p.data_limited["runs"] for sh in p.data_limited["shares"]} <= set(jobs)
+    ordered = sorted(jobs, key=exp.job_cost, reverse=True)
+    assert ordered[0][0].startswith("scratch") and ordered[-1][0] in ("zero-shot", "random")
+
+
 def test_no_pretraining_arm_on_the_embedded_default_never_reads_pretrained_weights(monkeypatch, tmp_path):
     from visualsearch.config import load_params
 
@@ -305,6 +378,8 @@ def test_settings_the_paper_preset_needs_are_named_before_any_work(tmp_path):
     with pytest.raises(cd.SettingsError, match="no config.json"):
         cd.require_settings(load_params("cfq_evaluation", "paper", {"model": {"clip_path": str(tmp_path)}}))
     cd.require_settings(_paper_params(tmp_path / "clip"))  # all there: nothing to say
+    with pytest.raises(cd.SettingsError, match="model.mismatch_clip_path must be set"):
+        cd.require_settings(_paper_params(tmp_path / "clip", mismatch_clip_path=None))
     cd.require_settings(load_params("cfq_evaluation", "smoke"))
 
 

@@ -20,7 +20,7 @@ SECTION = {"steps": 30, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0, "deca
 
 def _params(**extra):
     p = {"seed": 0, "seeds": [0, 1], "depths": [0, 2, 4], "model": TINY_NET, "trunk": SECTION, "finetune": SECTION,
-         "control": {"probe_width": 8}, "data_root": None,
+         "control": {"probe_width": 8}, "data_root": None, "precision": "bf16",
          "world": {"seed": 1, "image_size": 24, "n_pretrain_identities": 6, "n_train_identities": 4,
                    "n_val_identities": 4, "photos_per_identity": 5}}
     p.update(extra)
@@ -180,7 +180,7 @@ def test_killed_trunk_training_resumes_to_the_uninterrupted_weights(tiny_world_d
     straight, _, _ = fx.train_identity_trunk(d, p, fx.result_cache(tmp_path / "a" / "results"))
     cache = fx.result_cache(tmp_path / "b" / "results")
     key = {"data": d.fingerprint, "model": fx.asdict(fx.net_config(p)), "trunk": dict(p["trunk"]), "seed": p["seed"],
-           "device": "cpu"}
+           "device": "cpu", "precision": p["precision"]}
     run_dir = cache.run_dir("face_trunk", key)
     _interrupted_train(monkeypatch, after_steps=6)
     torch.set_num_threads(1)
@@ -360,3 +360,33 @@ def test_prediction_figure_draws_the_chosen_test_faces(tiny_world_data):
     assert len(shown) == 4 and (shown[0].images[0].get_array() == first).all()
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_precision_is_checked_and_both_precisions_learn(one_thread):
+    """bf16 autocast (the default preset's) and fp32 both fit a separable problem; an unknown precision is refused."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    for precision in ("fp32", "bf16"):
+        m = fx.fit_classifier(torch.nn.Linear(6, 2), x, y, {**SECTION, "lr": 0.05}, seed=3, precision=precision).model
+        assert (m(x).argmax(1) == y).float().mean() > 0.9
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        fx.autocast("cpu", "fp16")
+
+
+def test_linear_readout_rows_and_finding(tiny_world_data, one_thread):
+    """The diagnostic of head-only emotion: one row per attribute, depth and pooling grid, accuracies in [0, 1],
+    the 3x3 grid reading 9x the channels; the finding sentence quotes the table's numbers."""
+    d = tiny_world_data
+    p = _params(trunk={**SECTION, "steps": 3})
+    trunk, _, key = fx.train_identity_trunk(d, p)
+    torch.set_num_threads(1)
+    r = fx.readout_diagnostic(trunk, key, d, depths=(3, 4), grids=(1, 3))
+    assert len(r) == 2 * 2 * 2 and r.test_accuracy.between(0, 1).all() and r.train_accuracy.between(0, 1).all()
+    last = r[(r.depth == 4) & (r.attribute == "emotion")].set_index("grid")
+    assert last.loc[3, "features"] == 9 * last.loc[1, "features"] == 9 * TINY_NET["widths"][-1]
+    summary = pd.DataFrame([{"attribute": "emotion", "method": "finetune", "depth": 4, "mean": 0.2}])
+    text = tables.readout_finding(r, summary)
+    assert "head-only fine-tuning 0.200" in text and f"{last.loc[1, 'test_accuracy']:.3f}" in text
+    tab = tables.readout_table(r, "synthetic faces", {"emotion": 0.2, "gender": 0.5})
+    assert set(tab.metric) == {f"{a} {k} accuracy" for a in ("emotion", "gender") for k in ("test", "training")}

@@ -79,3 +79,24 @@ def test_pareto_front_against_brute_force():
         dominated = ((df["flops"] <= df.at[i, "flops"]) & (df["mean_accuracy"] >= df.at[i, "mean_accuracy"])
                      & ((df["flops"] < df.at[i, "flops"]) | (df["mean_accuracy"] > df.at[i, "mean_accuracy"]))).any()
         assert front[i] == (not dominated) or (not dominated and df[(df.flops == df.at[i, "flops"]) & (df.mean_accuracy == df.at[i, "mean_accuracy"])].shape[0] > 1)
+
+
+def test_the_budget_check_costs_the_most_accurate_pattern_on_the_paper_network():
+    """The paper's budget is checked on the pattern picked without the budget filter (so the check can fail),
+    costed on the paper preset's network at its own input size, not on the small network of the default."""
+    from visualsearch.config import load_params
+    from visualsearch.papers.face.sharing import budget_network, choose_without_budget, with_budget_costs
+    df = enumerate_patterns(_acc(), part_costs(CFG, N, input_size=16))
+    free = choose_without_budget(df)
+    assert free["mean_accuracy"] == df["mean_accuracy"].max()
+    # a budget that the most accurate pattern exceeds: the budgeted choice differs, the unbudgeted one does not
+    assert pattern_of(choose_pattern(df, budget=df["flops"].min())) != pattern_of(free)
+    cfg, preset = budget_network(load_params("face_attribute_sharing", "default"))
+    paper = load_params("face_attribute_sharing", "paper")["model"]
+    assert preset == "paper" and cfg.input_size == paper["input_size"] == 112 and list(cfg.widths) == paper["widths"]
+    assert cfg.stem_stride == paper["stem_stride"]
+    big = part_costs(cfg, N, cfg.input_size)
+    both = with_budget_costs(df, big)
+    row = both[both.pattern == free["pattern"]].iloc[0]
+    assert row["budget_flops"] == pattern_cost(pattern_of(free), big)["flops"] > row["flops"]
+    assert row["budget_macs"] * 2 == row["budget_flops"]

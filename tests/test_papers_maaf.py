@@ -157,9 +157,29 @@ def test_plan_runs_and_bad_ablation(css):
     longer = next(r for r in runs if r.name == f"TIRG ({p.longer_tirg}x steps)" and r.dataset == "css")
     assert longer.cfg.fusion == "tirg" and longer.spec.steps == p.longer_tirg * p.steps["css"]
     assert [r.name for r in runs].count("MAAF, seed 1") == 1  # the reference seed, once
+    table = mx.ablation_results(runs, {(r.dataset, r.name): r.name for r in runs})
+    assert list(table)[:2] == ["MAAF (full model)", "MAAF (full model), seed 1"] and table["MAAF (full model)"] == "MAAF"
+    assert table["mean pooling"] == "ablation: mean pooling"
     bad = load_params("maaf_ablations", "smoke", {"ablations": [{"name": "x", "change": {"depth": 3}}]})
     with pytest.raises(ValueError, match="unknown switches"):
         mx.plan_runs(bad, None)
+
+
+def test_ablations_at_other_steps_compare_with_the_full_model_trained_as_long():
+    from visualsearch.config import load_params
+
+    p = load_params("maaf_ablations", "smoke", {"ablation_steps": 5})
+    runs = mx.plan_runs(p, None)
+    by_name = {r.name: r for r in runs if r.dataset == "fashioniq"}
+    ref, ref_seed = by_name[mx.ABLATION_REFERENCE], by_name[f"{mx.ABLATION_REFERENCE}, seed 1"]
+    assert ref.spec.steps == ref_seed.spec.steps == by_name["ablation: mean pooling"].spec.steps == 5
+    assert ref.cfg == by_name["MAAF"].cfg and by_name["MAAF"].spec.steps == p.steps["fashioniq"]
+    assert ref_seed.spec.seed == 1 and not ref.keep_model
+    table = mx.ablation_results(runs, {(r.dataset, r.name): r.name for r in runs})
+    assert table["MAAF (full model)"] == mx.ABLATION_REFERENCE
+    assert table["MAAF (full model), seed 1"] == f"{mx.ABLATION_REFERENCE}, seed 1"
+    assert set(table) == {"MAAF (full model)", "MAAF (full model), seed 1", *(row["name"] for row in p.ablations)}
+    assert mx.ABLATION_REFERENCE not in mx.seed_results(runs, {(r.dataset, r.name): r for r in runs}, "fashioniq")
 
 
 def test_trained_backbone_on_augmented_pixels_runs(css):
@@ -273,6 +293,38 @@ def test_fiq_rows_average_over_categories():
     assert get("MAAF", "average", mt.FIQ_SCORE) == 45 and get("TIRG", "average", mt.FIQ_SCORE) == 20
     assert get("MAAF", "shirt", "R@50") == 60
     assert mt.fiq_score(result((20, 30, 40), (50, 60, 70))) == 45
+
+
+def test_recall_tables_carry_trainable_parameters():
+    with_params = mx.RunResult({"test": {"R@1": 50.0}}, None, extra={"trainable_params": 1234})
+    without = mx.RunResult({"test": {"R@1": 40.0}}, None)  # trained before the count was recorded: no row
+    df = mt.recall_rows({"MAAF": with_params, "TIRG": without}, "CSS", ks=(1,))
+    params = df[df.metric == mt.PARAMS]
+    assert params.method.tolist() == ["MAAF"] and params.reproduced.item() == 1234
+    fiq = mt.fiq_rows({"MAAF": mx.RunResult(result((1, 2, 3), (4, 5, 6)).recall, None, extra={"trainable_params": 7})})
+    assert fiq[fiq.metric == mt.PARAMS].dataset.item() == "average"
+
+
+def test_trainable_parameters_leave_the_frozen_backbone_out():
+    torch.manual_seed(0)
+    from visualsearch.models.fusion import build_model
+    cfg = MAAFConfig(dim=16, heads=4, ff_width=8, blocks=1, backbone="resnet18", fusion="tirg")
+    vocab = Vocabulary(["a", "b"])
+    frozen = mx.trainable_parameters(build_model(dataclasses.replace(cfg, backbone_frozen=True), vocab))
+    trained = mx.trainable_parameters(build_model(cfg, vocab))
+    trunk = sum(p.numel() for p in ResNetTrunk("resnet18").parameters())
+    assert trained - frozen == trunk and frozen > 0
+
+
+def test_comparison_rows_show_every_compared_method():
+    claim = vclaims.Claim("spot_beats_baselines", "beats", "paper", "MAAF", ["TIRG", "image only"], "hit@1 per query")
+    scored = mc.Scored(claim, "spot_the_diff", [0, 1],
+                       {"MAAF": np.array([[1, 0], [1, 1]]), "TIRG": np.array([[0, 0], [1, 0]]),
+                        "image only": np.array([[1, 1], [1, 1]])}, None)
+    df = mt.comparison_rows([scored], {"spot_the_diff": "Spot-the-Diff"}).set_index(["method", "metric"]).reproduced
+    assert df[("MAAF vs TIRG", "difference")] == pytest.approx(0.5)
+    assert df[("MAAF vs image only", "difference")] == pytest.approx(-0.25)  # a loss is shown, not hidden
+    assert df[("MAAF vs image only", "compared")] == 1.0
 
 
 def test_ablation_changes_and_margins():

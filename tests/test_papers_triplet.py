@@ -420,3 +420,80 @@ def test_seed_tables_hold_per_seed_recall_and_the_pooled_interval_of_the_verdict
     assert pooled in rows and rows[pooled][1] <= rows[pooled][0] <= rows[pooled][2]
     assert "batch-hard online (paper) - random triplets (seed 1)" in rows
     assert len(rows) == 3 * 2 + 3  # (2 comparisons of claim 1 + 1 of claim 2) x (2 seeds + pooled)
+
+
+def _notebook_calls(p, monkeypatch) -> list[dict]:
+    """The cache keys of every trained_run the notebook's cells ask for (the In-shop table, the SOP sweep, the
+    claims' runs at every seed), recorded through a stub trained_run."""
+    from types import SimpleNamespace
+    d, start, keys = SimpleNamespace(fingerprint="f"), {"weights_path": None}, []
+
+    def fake(p_, d_, which, cfg, start_, cache, eval_every=0, eval_products=0, progress=True):
+        keys.append(experiment.run_key(p_, d_, which, cfg, start_, eval_every, eval_products))
+        return {}
+
+    monkeypatch.setattr(experiment, "trained_run", fake)
+    monkeypatch.setattr(experiment, "off_the_shelf", lambda *a: {})
+    monkeypatch.setattr(experiment, "evaluate_run", lambda *a: None)
+    for m in p.inshop.methods:  # as the notebook's In-shop cell
+        experiment.trained_run(p, d, "inshop", experiment.run_config(p, method=m), start, None)
+    for prob in p.sop.single_category_probs:  # as its SOP cell
+        cfg = experiment.run_config(p, method=p.sop.method, single_category_prob=float(prob))
+        experiment.trained_run(p, d, "sop", cfg, start, None, p.sop.eval_every, p.sop.eval_products)
+    experiment.seeded_retrievals(p, d, start, None, claims.methods_named(claims.declared(p)))
+    return keys
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "paper"])
+def test_prefetched_runs_are_exactly_the_runs_the_notebook_asks_for(preset, monkeypatch):
+    """prefetch_runs trains notebook_runs(p) ahead; if one of its keys differed from the key of a cell's call,
+    that cell would train the run again (twice the cost), and a run it missed would train one thread at a time."""
+    import json
+    p = _params(preset)
+    d, start = __import__("types").SimpleNamespace(fingerprint="f"), {"weights_path": None}
+    jobs = experiment.notebook_runs(p, claims.methods_named(claims.declared(p)))
+    planned = [json.dumps(experiment.run_key(p, d, w, c, start, **kw), sort_keys=True) for w, c, kw in jobs]
+    asked = {json.dumps(k, sort_keys=True) for k in _notebook_calls(p, monkeypatch)}
+    assert len(planned) == len(set(planned))  # each run once
+    assert set(planned) == asked
+    n_claim_runs = 4 * (int(p.seeds) - 1)  # the claims' four runs at each extra seed
+    assert len(jobs) == len(p.inshop.methods) + len(p.sop.single_category_probs) + n_claim_runs
+
+
+def test_prefetch_runs_trains_the_missing_runs_in_worker_processes(monkeypatch, tmp_path):
+    """Each missing job reaches trained_run in a forked worker (which stores it in the cache); jobs already cached,
+    one worker, a GPU or a disabled cache train nothing here."""
+    from types import SimpleNamespace
+    p = _params("smoke")
+    jobs = experiment.notebook_runs(p, ["batch_hard", "p=0.8"])
+    cached = {experiment.run_key(p, SimpleNamespace(fingerprint="f"), *jobs[0][:2], {"weights_path": None},
+                                 **jobs[0][2])["run"]["method"]}
+
+    class Cache:
+        misses = []
+
+        def has(self, name, key):
+            return key["which"] == "inshop" and key["run"]["method"] in cached and key["run"]["seed"] == p.seed
+
+        def run_dir(self, name, key):
+            return tmp_path.parent / f"{tmp_path.name}-runs" / name
+
+    def fake(p_, d, which, cfg, start, cache, eval_every=0, eval_products=0, progress=True):
+        assert progress is False and torch.get_num_threads() == 1
+        (tmp_path / f"{which}-{cfg.method}-{cfg.single_category_prob}-{cfg.seed}-{eval_every}").write_text("x")
+        return {"wall_s": 0.0}
+
+    monkeypatch.setattr(experiment, "trained_run", fake)
+    monkeypatch.delenv("VISUALSEARCH_NO_CACHE", raising=False)
+    threads = torch.get_num_threads()
+    n = experiment.prefetch_runs(p, SimpleNamespace(fingerprint="f"), {"weights_path": None}, Cache(), jobs, 2)
+    assert torch.get_num_threads() == threads  # the parent's pool is left as it was
+    done = sorted(f.name for f in tmp_path.iterdir())
+    assert n == len(jobs) - 1 == len(done) and f"inshop-{jobs[0][1].method}-0.0-{p.seed}-0" not in done
+    assert f"sop-batch_hard-0.8-{p.seed}-{p.sop.eval_every}" in done and "sop-batch_hard-0.8-1-0" in done
+    for f in tmp_path.iterdir():
+        f.unlink()
+    assert experiment.prefetch_runs(p, SimpleNamespace(fingerprint="f"), {"weights_path": None}, Cache(), jobs, 1) == 0
+    monkeypatch.setenv("VISUALSEARCH_NO_CACHE", "1")
+    assert experiment.prefetch_runs(p, SimpleNamespace(fingerprint="f"), {"weights_path": None}, Cache(), jobs, 2) == 0
+    assert not list(tmp_path.iterdir())

@@ -107,6 +107,20 @@ def test_world_is_deterministic_by_seed(tmp_path):
     assert (a / "attributes.csv").read_text() != (c / "attributes.csv").read_text()
 
 
+def test_world_drawn_in_worker_processes_is_the_same_files(tmp_path):
+    """build_products renders in forked workers: their number must change no byte of any file."""
+    cfg = P.ProductsWorldConfig(**{**SMALL, "train_products_per_category": 3, "test_products_per_category": 2})
+    folders = {}
+    for workers in (1, 3):
+        folders[workers] = tmp_path / f"w{workers}"
+        folders[workers].mkdir()
+        P.build_products(folders[workers], cfg, workers=workers)
+    files = {w: sorted(p.relative_to(f) for p in f.rglob("*") if p.is_file()) for w, f in folders.items()}
+    assert files[1] == files[3] and len(files[1]) > 10
+    for rel in files[1]:
+        assert (folders[1] / rel).read_bytes() == (folders[3] / rel).read_bytes(), rel
+
+
 def test_bbox_encloses_the_garment_on_a_plain_background():
     rng = np.random.default_rng(0)
     prod = P.sample_product(rng, "skirt", ("red", "solid", "none", "knee", "none"))

@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from visualsearch.data.scenes import (COLOURS, CSS_FILE, ROWS, COLUMNS, ScenesWorldConfig, build_css,
                                       build_spot_the_diff, css_world, render_scene, scene_key)
@@ -105,10 +106,35 @@ def test_spot_the_diff_layout(tmp_path):
         for e in entries:
             a = (tmp_path / "resized_images" / f"{e['img_id']}.png").read_bytes()
             b = (tmp_path / "resized_images" / f"{e['img_id']}_2.png").read_bytes()
-            assert a != b and 1 <= len([s for s in e["sentences"] if s]) <= SMALL.spot_max_changes
+            assert a != b and len([s for s in e["sentences"] if s]) == 1
     test = read_spot_the_diff(tmp_path, "test")
     assert len(test.images) == 2 * SMALL.spot_pairs[2]
     assert all(test.labels[q.target] == test.labels[q.source] + "_2" for q in test.queries)
+
+
+def test_spot_the_diff_afters_are_look_alikes_told_apart_by_the_text(tmp_path):
+    """Entries come in groups of `spot_variants` with one before scene (pixel-identical befores), each after
+    changing another cell, each sentence different: only the text tells the target from its look-alikes."""
+    build_spot_the_diff(tmp_path, asdict(SMALL))
+    entries = json.loads((tmp_path / "annotations" / "train.json").read_text())
+    k = SMALL.spot_variants
+    assert k >= 2
+    pixels = lambda name: np.asarray(Image.open(tmp_path / "resized_images" / name), dtype=np.int16)
+    for g in range(0, len(entries) - k + 1, k):
+        group = entries[g:g + k]
+        befores = [pixels(f"{e['img_id']}.png") for e in group]
+        afters = [pixels(f"{e['img_id']}_2.png") for e in group]
+        assert all((b == befores[0]).all() for b in befores)
+        changed = [np.abs(a - befores[0]).sum(-1) > 30 for a in afters]
+        assert all(c.any() for c in changed)
+        for i in range(k):  # each after differs from the before somewhere the others do not
+            assert (changed[i] & ~np.any([changed[j] for j in range(k) if j != i], axis=0)).any()
+        assert len({e["sentences"][0] for e in group}) == k
+
+
+def test_spot_variants_must_fit_the_grid():
+    with pytest.raises(ValueError, match="spot_variants"):
+        ScenesWorldConfig(spot_variants=10)
 
 
 def test_bad_config_is_clear():

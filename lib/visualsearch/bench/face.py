@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="default", help="model of configs/face_attribute_sharing/<preset>.yaml")
     ap.add_argument("--pattern", default=None,
                     help="e.g. 'age@1 gender@4 ethnicity@4 emotion@1' (default: the chosen pattern of the last run)")
-    ap.add_argument("--input-size", type=int, default=None, help="input px (default: the preset's cost_input_size)")
+    ap.add_argument("--input-size", type=int, default=None, help="input px (default: the preset's model.input_size)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", default="cpu")
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     p = load_params("face_attribute_sharing", args.preset)
     cfg = net_config(p)
-    size = args.input_size or int(p["sharing"]["cost_input_size"])
+    size = args.input_size or int(p["model"]["input_size"])
     text = args.pattern or chosen_pattern(Path(args.out) if args.out else repo_root())
     if text is None:
         text = FALLBACK_PATTERN

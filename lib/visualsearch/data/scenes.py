@@ -13,8 +13,12 @@ synthetic data:
   with one `label`, so "a hit is a gallery image with the target's label" means what it means in CSS.
 - Spot-the-Diff: `annotations/{train,val,test}.json` = [{"img_id": "123", "sentences": [...]}] and
   `resized_images/{id}.png` (before) / `{id}_2.png` (after): busier scenes (more objects, textured
-  backgrounds) where one to three things change, each change described by one sentence in varied words
-  (some entries hold an empty sentence, as the real annotations do).
+  backgrounds). Each "before" scene is written `spot_variants` times, each entry with its own "after" in which
+  a *different* object changed, described by one sentence in varied words (some entries also hold an empty
+  sentence, as the real annotations do). In the real data the sentence names a difference between
+  near-duplicate frames; here the gallery holds the before's copies and its look-alike afters, so the text
+  is what tells the target from them (an image-only model cannot: every look-alike is as close to the
+  reference as the target).
 
 Public API: `ScenesWorldConfig`; `build_css(folder, params)` / `build_spot_the_diff(folder, params)` (the
 `build` of `worlds.ensure_world`); `css_world(cfg)` / `spot_the_diff_world(cfg)` return cached folders;
@@ -57,7 +61,8 @@ class ScenesWorldConfig:
     spot_pairs: tuple = (300, 60, 60)  # Spot-the-Diff before/after pairs in train, val, test
     spot_min_objects: int = 4        # objects in a Spot-the-Diff "before" scene, at least
     spot_max_objects: int = 7        # ... and at most
-    spot_max_changes: int = 2        # changes per pair (1 .. this), one sentence each
+    spot_variants: int = 3           # entries (after scenes) per Spot-the-Diff before scene, each changing
+                                     # another object: look-alikes that only the sentence tells apart
 
     def __post_init__(self):
         self.shapes, self.colours = tuple(self.shapes), tuple(self.colours)
@@ -69,6 +74,9 @@ class ScenesWorldConfig:
         if not 1 <= self.min_objects <= self.max_objects <= 8 or self.spot_max_objects > 8:
             raise ValueError("ScenesWorldConfig: need 1 <= min_objects <= max_objects <= 8 (one free cell "
                              "for 'add') and spot_max_objects <= 8")
+        if not 1 <= self.spot_variants <= 9:
+            raise ValueError(f"ScenesWorldConfig.spot_variants={self.spot_variants}: need 1 .. 9 (each variant "
+                             "changes another of the 9 cells)")
 
 
 # --------------------------------------------------------------------------------------------- scenes
@@ -229,8 +237,25 @@ def spot_sentence(rng: np.random.Generator, kind: str, change: dict) -> str:
     return str(rng.choice(_SPOT_PHRASES[kind])).format(**fields)
 
 
+def spot_variants(rng: np.random.Generator, cfg: ScenesWorldConfig, objects: list[dict], n: int) -> list:
+    """n single changes of one scene, each on another cell: [(after objects, sentence)]. Why distinct cells:
+    the afters are look-alikes of each other and of the before, and the sentence (which names the changed
+    object and its place) must be what singles out its own after."""
+    out, used = [], set()
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        kind, after, change = random_modification(rng, cfg, objects)
+        cell = tuple(change["object"]["cell"])
+        if cell not in used:
+            used.add(cell)
+            out.append((after, spot_sentence(rng, kind, change)))
+    return out
+
+
 def build_spot_the_diff(folder, params: dict) -> None:
-    """Write a Spot-the-Diff-style dataset into `folder` (the `build` of worlds.ensure_world)."""
+    """Write a Spot-the-Diff-style dataset into `folder` (the `build` of worlds.ensure_world): per split,
+    `spot_pairs` entries, in groups of `spot_variants` sharing one before scene (see the module docstring)."""
     cfg = ScenesWorldConfig(**params)
     folder = Path(folder)
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
@@ -239,24 +264,22 @@ def build_spot_the_diff(folder, params: dict) -> None:
     for split, n, stream in zip(("train", "val", "test"), cfg.spot_pairs, (11, 12, 13)):
         rng = np.random.default_rng([cfg.seed, stream])
         entries = []
-        for _ in range(n):
-            objects = random_scene(rng, cfg, int(rng.integers(cfg.spot_min_objects, cfg.spot_max_objects + 1)))
-            before = objects
-            sentences = []
-            for _ in range(int(rng.integers(1, cfg.spot_max_changes + 1))):
-                kind, objects, change = random_modification(rng, cfg, objects)
-                sentences.append(spot_sentence(rng, kind, change))
-            if rng.random() < 0.1:
-                sentences.append("")  # the real annotations hold some empty sentences
+        while len(entries) < n:
+            before = random_scene(rng, cfg, int(rng.integers(cfg.spot_min_objects, cfg.spot_max_objects + 1)))
             background = tuple(int(v) for v in rng.integers(150, 235, 3))
-            state = rng.bit_generator.state  # the same jitter and texture before and after
-            img_id = str(next_id)
-            next_id += 1
-            for suffix, objs in (("", before), ("_2", objects)):
-                rng.bit_generator.state = state
-                render_scene(objs, cfg.image_size, rng, cfg.jitter, background, texture=1.0).save(
-                    folder / "resized_images" / f"{img_id}{suffix}.png")
-            entries.append({"img_id": img_id, "sentences": sentences})
+            variants = spot_variants(rng, cfg, before, min(cfg.spot_variants, n - len(entries)))
+            state = rng.bit_generator.state  # one jitter and texture for the before and all its afters
+            for after, sentence in variants:
+                sentences = [sentence] + ([""] if rng.random() < 0.1 else [])  # real annotations hold empty ones
+                img_id = str(next_id)
+                next_id += 1
+                resume = rng.bit_generator.state
+                for suffix, objs in (("", before), ("_2", after)):
+                    rng.bit_generator.state = state
+                    render_scene(objs, cfg.image_size, rng, cfg.jitter, background, texture=1.0).save(
+                        folder / "resized_images" / f"{img_id}{suffix}.png")
+                rng.bit_generator.state = resume
+                entries.append({"img_id": img_id, "sentences": sentences})
         (folder / "annotations" / f"{split}.json").write_text(json.dumps(entries, indent=0))
 
 

@@ -123,9 +123,12 @@ class SmallResNet(nn.Module):
             cin = w
         self.stages = nn.Sequential(*stages)
         self.width = widths[-1]
+        # channels-last weights and inputs: oneDNN's convolutions on a CPU take about a quarter less time this way
+        # at 64 px (forward + backward, one thread); the values are the same up to float rounding
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images):
-        return self.stages(self.stem(images))
+        return self.stages(self.stem(images.contiguous(memory_format=torch.channels_last)))
 
 
 class SmallImageTower(nn.Module):

@@ -147,6 +147,86 @@ class CFQPaperData:
     descriptions: dict = field(default_factory=dict)   # dataset name -> description for the tables
     fingerprints: dict = field(default_factory=dict)   # dataset name -> fingerprint
     skips: dict = field(default_factory=dict)          # dataset name -> SkipLog
+    extra: dict = field(default_factory=dict)          # the paper's extra datasets: name -> ExtraDataset
+
+
+@dataclass
+class ExtraDataset:
+    """One of the paper's extra datasets (Birds-to-Words, MIT-States): training pairs and test queries over the
+    grid's ImageIndex, scored by Recall@k at `ks` (the dataset's usual ones)."""
+
+    train: PairSet
+    test: dict              # refs, texts, exclude (gallery position of the reference), query_labels, gallery,
+                            # gallery_labels: the shape of one Fashion IQ category in `CFQPaperData.fiq_val`
+    ks: tuple               # Recall@k reported
+
+
+EXTRA_DATASETS = {"birds_to_words": "birds-to-words", "mit_states": "mit-states"}  # name -> folder under data_root
+EXTRA_KS = {"birds_to_words": (10, 50), "mit_states": (1, 5, 10)}
+
+
+def _feedback_extra(train_split, test_split, images: ImageIndex) -> tuple[PairSet, dict]:
+    """Birds-to-Words: every training query (all its descriptions as caption choices); every test query."""
+    idx = images.add(train_split.images)
+    train = PairSet(np.array([idx[q.source] for q in train_split.queries], dtype=np.int64),
+                    np.array([idx[q.target] for q in train_split.queries], dtype=np.int64),
+                    [list(q.captions) for q in train_split.queries])
+    idx = images.add(test_split.images)
+    gallery_labels, query_labels = test_split.label_ids()
+    test = {"refs": [idx[q.source] for q in test_split.queries], "texts": [q.captions[0] for q in test_split.queries],
+            "exclude": [q.source for q in test_split.queries], "query_labels": query_labels, "gallery": idx,
+            "gallery_labels": gallery_labels}
+    return train, test
+
+
+def _mit_states_extra(train_split, test_split, images: ImageIndex, n_pairs: int, seed: int) -> tuple[PairSet, dict]:
+    """MIT-States: `n_pairs` training pairs drawn by the protocol (`MITStatesSplit.pairs`); every test query."""
+    idx = np.array(images.add(train_split.images), dtype=np.int64)
+    src, tgt, texts = train_split.pairs(n_pairs, seed)
+    train = PairSet(idx[src], idx[tgt], [[t] for t in texts])
+    idx = images.add(test_split.images)
+    labels = {c: i for i, c in enumerate(dict.fromkeys(test_split.captions))}
+    queries = test_split.queries()
+    test = {"refs": [idx[i] for i, _, _ in queries], "texts": [t for _, t, _ in queries],
+            "exclude": [i for i, _, _ in queries], "query_labels": [labels[c] for _, _, c in queries],
+            "gallery": idx, "gallery_labels": [labels[c] for c in test_split.captions]}
+    return train, test
+
+
+def _read_extra(p, images: ImageIndex, roots: dict, descriptions: dict, skips: dict) -> dict:
+    """The extra datasets of `extra.datasets`: read under the data root (a dataset whose folder is absent is left
+    out, said in its description) or drawn (`worlds.birds_to_words`, `worlds.mit_states`)."""
+    from ...data import mit_states as ms
+    from ...data.fashion_text import FashionTextConfig, birds_to_words_world
+    from ...data.text_feedback import read_birds_to_words
+
+    out = {}
+    for name in p["extra"]["datasets"]:
+        if name not in EXTRA_DATASETS:
+            raise SettingsError(f"extra.datasets: unknown {name!r}; expected some of {list(EXTRA_DATASETS)}")
+        skips[name] = SkipLog()
+        if p.get("data_root"):
+            root = Path(p["data_root"]) / EXTRA_DATASETS[name]
+            if not root.is_dir():
+                print(f"extra dataset {name}: no folder {root}; left out")
+                continue
+            descriptions[name] = {"birds_to_words": "Birds-to-Words (real)", "mit_states": "MIT-States (real)"}[name]
+        elif name == "birds_to_words":
+            root = birds_to_words_world(FashionTextConfig(**p["worlds"]["birds_to_words"]))
+            descriptions[name] = "synthetic products (Birds-to-Words format)"
+        else:
+            root = ms.mit_states_world(ms.MITStatesWorldConfig(**p["worlds"]["mit_states"]))
+            descriptions[name] = "synthetic objects in states (MIT-States format)"
+        roots[name] = root
+        if name == "birds_to_words":
+            train, test = _feedback_extra(read_birds_to_words(root, "train", skips[name]),
+                                          read_birds_to_words(root, "test", skips[name]), images)
+        else:
+            train, test = _mit_states_extra(ms.read_mit_states(root, "train", skips[name]),
+                                            ms.read_mit_states(root, "test", skips[name]), images,
+                                            p["extra"]["mit_states_pairs"], p["seed"])
+        out[name] = ExtraDataset(train, test, EXTRA_KS[name])
+    return out
 
 
 def _fiq_pairs(splits: dict, images: ImageIndex) -> PairSet:
@@ -217,7 +297,8 @@ class SettingsError(ValueError):
 
 def require_settings(p) -> None:
     """Check, before anything is read or trained, what this preset and data root need: with a data root, a
-    local CLIP (`model.clip_path`) whose input size is `model.image_size`, and every file and folder of the
+    local CLIP (`model.clip_path`) whose input size is `model.image_size` (and a second one,
+    `model.mismatch_clip_path`, for the mismatch control), and every file and folder of the
     published layouts (all missing ones named at once). Raises SettingsError."""
     m = p["model"]
     problems = []
@@ -236,6 +317,10 @@ def require_settings(p) -> None:
                 problems.append(f"model.image_size is {m['image_size']} but the CLIP at {m['clip_path']} takes "
                                 f"{fixed['image_size']} px images (vision_config.image_size): set "
                                 f"model.image_size={fixed['image_size']}")
+        if "clip-mismatch-fiq" in p["runs"] and not m["mismatch_clip_path"]:
+            problems.append("model.mismatch_clip_path must be set with model.clip_path for the mismatch control "
+                            "(run clip-mismatch-fiq): a second local CLIP of the same architecture whose text tower "
+                            "it takes (or leave clip-mismatch-fiq out of `runs` and of the claims)")
     if p.get("data_root"):
         root = Path(p["data_root"])
         for rel in REAL_FILES:
@@ -301,6 +386,7 @@ def _read(p, images: ImageIndex) -> CFQPaperData:
     q_idx = dict(zip(agg["query_hash"].unique(), images.add([cfq.image_path(h) for h in agg["query_hash"].unique()])))
     c_idx = dict(zip(agg["catalog_hash"].unique(),
                      images.add([cfq.image_path(h) for h in agg["catalog_hash"].unique()])))
+    extra = _read_extra(p, images, roots, descriptions, skips)
     fingerprints = {name: fingerprint_dir(r) for name, r in roots.items()}
     return CFQPaperData(images, pretrain_images, pretrain_rows, fiq_train, fiq_val, imfq_train, imat_val, cfq, agg,
-                        q_idx, c_idx, descriptions, fingerprints, skips)
+                        q_idx, c_idx, descriptions, fingerprints, skips, extra)

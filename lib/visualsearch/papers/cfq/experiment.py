@@ -19,6 +19,18 @@ config with transformers' initialisation (`models.clip.random_clip`), never its 
 default the small dual encoder before contrastive pretraining (its frozen MiniLM token source is text-only
 pretrained and shared by every arm; the trainable text block on top of it starts random).
 
+Beside it (issue 16): "scratch-fiq-va-lr", the same from-scratch arm at CLIP VA's learning rate, so that the
+pretraining comparison does not rest on one arm trained at 10x the other's rate; and the paper's two controls for
+misaligned pretraining, CLIP VA fine-tuned on FIQ from a dual encoder whose text projection's columns are
+permuted ("clip-scramble-fiq") or whose text tower is another independently pretrained dual encoder's
+("clip-mismatch-fiq"; `misalign`). The paper's extra datasets (Birds-to-Words, MIT-States) are scored by
+`run_extra`: a model of the grid trained a few steps on the dataset's own pairs, Recall@k on its test queries.
+
+Both cores: `prefetch(jobs())` trains every run the notebook needs (grid, claims' seeds, sweep, extra datasets) in
+`workers` forked processes, longest first, after computing once what they share (the two pretrainings, also in
+two processes; the frozen features; the frozen text model's states of every caption); each stores its result in
+the cache, which the notebook's later calls read.
+
 Beyond the paper, a data-limited sweep (`data_limited` in the presets) retrains some runs on nested shares
 of the Fashion IQ-style training pairs: the paper fine-tunes a model pretrained on 400M pairs with 18k
 triplets, while the embedded default's pretraining corpus is a few thousand captions, so how much the
@@ -74,8 +86,20 @@ RUNS = {
     "af-fiq": ("af", ("fiq",), True),
     "tirg-fiq": ("tirg", ("fiq",), True),
     "scratch-fiq": ("va", ("fiq",), False),
+    "scratch-fiq-va-lr": ("va", ("fiq",), False),
+    "clip-scramble-fiq": ("va", ("fiq",), True),
+    "clip-mismatch-fiq": ("va", ("fiq",), True),
     "random": ("random", (), False),
 }
+# Runs that differ from their kind's default in one respect:
+# - "scratch-fiq-va-lr": the from-scratch arm at the CLIP VA rate (`train.va_lr`) instead of the new-parameter rate
+#   (`train.fiq.lr`, 10x higher on the default): the pretrained and the from-scratch arm at one learning rate;
+# - the paper's controls for misaligned pretraining, CLIP VA fine-tuned on FIQ from a pretrained dual encoder whose
+#   text side no longer matches its image side: "scramble", the text projection's input columns permuted (drawn
+#   with the training seed); "mismatch", the text tower and projection of a second dual encoder pretrained
+#   independently (`model.mismatch_seed` on the embedded default, `model.mismatch_clip_path` on the paper preset).
+VA_LR_RUNS = ("scratch-fiq-va-lr",)
+MISALIGNED = {"clip-scramble-fiq": "scramble", "clip-mismatch-fiq": "mismatch"}
 
 
 def result_cache(root=None) -> ResultCache:
@@ -278,6 +302,68 @@ def stored_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if ".source.model." not in k}
 
 
+def misalign(clip: clipmod.DualEncoder, how: str, seed: int, other_state: dict | None = None) -> None:
+    """Break the alignment of a pretrained dual encoder's text side with its image side, in place (the paper's
+    controls for misaligned pretraining): "scramble" permutes the input columns of the text projection (a
+    permutation drawn with `seed`: the text features are those pretraining gave, their map into the joint space
+    is not); "mismatch" loads the text tower and text projection of another, independently pretrained dual
+    encoder (`other_state`, a state of the same architecture). Either way each tower alone is as pretrained as
+    before; only their agreement is gone."""
+    if how == "scramble":
+        w = clip.text_projection.weight
+        perm = torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(step_seed(seed, 0, 11)))
+        with torch.no_grad():
+            w.copy_(w[:, perm].clone())
+    elif how == "mismatch":
+        if other_state is None:
+            raise ValueError("the mismatch control needs the other dual encoder's state")
+        text = {k: v for k, v in other_state.items() if k.startswith(("text.", "text_projection."))}
+        if not text:
+            raise ValueError("the other dual encoder's state has no text tower (keys text.* / text_projection.*)")
+        clip.load_state_dict(text, strict=False)
+    else:
+        raise ValueError(f"unknown misalignment {how!r}; expected 'scramble' or 'mismatch'")
+
+
+# Forked worker processes (`CFQExperiment._in_workers`) inherit the experiment, its data, the frozen backbone's
+# features and the text cache from the parent through this dict; each trains with `threads` torch threads and
+# stores its result in the cache, from which the parent then reads it.
+_WORKER: dict = {}
+
+
+def _worker_setup() -> "CFQExperiment":
+    torch.set_num_threads(_WORKER["threads"])
+    exp = _WORKER["exp"]
+    exp.progress = False  # progress is the parent's: one bar over finished jobs
+    return exp
+
+
+def _worker_pretrain(which: str) -> str:
+    _worker_setup().pretrained_state(which)
+    return which
+
+
+def _worker_run(job: tuple) -> tuple:
+    exp = _worker_setup()
+    if job[0] == EXTRA_JOB:
+        exp.run_extra(job[1], job[2])
+    else:
+        exp.run(*job)
+    return job
+
+
+EXTRA_JOB = "extra"  # jobs ("extra", dataset, run): a model of the grid trained and scored on an extra dataset
+
+
+def extra_evaluation(model, inputs: ImageInputs, test: dict, ks) -> dict:
+    """Recall@k (percent) of one extra dataset's test queries, the reference dropped from its own ranking."""
+    q = embed(model, inputs, test["refs"], test["texts"])
+    g = embed(model, inputs, test["gallery"])
+    r = search(q, g, torch.tensor(test["query_labels"]), torch.tensor(test["gallery_labels"]), tuple(ks),
+               exclude=torch.tensor(test["exclude"]))
+    return r.percent()
+
+
 # ---------------------------------------------------------------------------------------------- the grid
 
 class CFQExperiment:
@@ -303,6 +389,7 @@ class CFQExperiment:
         self.results: dict[str, dict] = {}                    # run -> result, full Fashion IQ training set
         self.limited: dict[tuple[str, float], dict] = {}      # (run, share of FIQ pairs) -> result
         self.seeded: dict[tuple[str, int], dict] = {}         # (run, training seed other than `seed`) -> result
+        self.extra_results: dict[tuple[str, str], dict] = {}   # (extra dataset, run) -> result
         self.timings: dict[str, float] = {}
 
     @classmethod
@@ -329,9 +416,18 @@ class CFQExperiment:
         return {"fingerprints": self.data.fingerprints, "neighbors": dict(self.p["neighbors"]),
                 "eval": dict(self.p["eval"]), "image_size": self.p["model"]["image_size"]}
 
-    def pretrain_key(self) -> dict:
-        return {"model": dict(self.p["model"]), "pretrain": dict(self.p["pretrain"]), "seed": self.p["seed"],
+    def pretrain_key(self, seed: int | None = None) -> dict:
+        """The key of the multimodal pretraining drawn with `seed` (None: the preset's; the mismatch control's
+        second dual encoder: `pretrain.mismatch_seed`)."""
+        pretrain = {k: v for k, v in dict(self.p["pretrain"]).items() if k != "mismatch_seed"}
+        return {"model": dict(self.p["model"]), "pretrain": pretrain, "seed": self.p["seed"] if seed is None else seed,
                 "data": self.data_key(), "device": str(self.device)}  # a CPU result is never a GPU run's
+
+    def pretrain_seed(self, which: str = "main") -> int:
+        """The seed of the main dual encoder's pretraining, or of the mismatch control's second one."""
+        if which not in ("main", "mismatch"):
+            raise ValueError(f"which dual encoder: 'main' or 'mismatch', got {which!r}")
+        return self.p["seed"] if which == "main" else int(self.p["pretrain"]["mismatch_seed"])
 
     # -- models
     def new_clip(self, seed: int | None = None) -> clipmod.DualEncoder:
@@ -348,32 +444,60 @@ class CFQExperiment:
         return clipmod.small_clip(m["embed_dim"], tuple(m["widths"]), tokens=self._tokens, text_width=m["text_width"],
                                   text_heads=m["text_heads"], dropout=m["dropout"])
 
-    def pretrained_state(self) -> dict:
+    def pretrained_state(self, which: str = "main") -> dict:
         """The dual encoder after multimodal pretraining (trained here on the embedded default; a real
-        CLIP's own weights on the paper preset)."""
-        if self.p["model"]["clip_path"]:
+        CLIP's own weights on the paper preset). `which="mismatch"`: the second, independently pretrained
+        one whose text side the mismatch control uses (pretrained the same way with `pretrain.mismatch_seed`;
+        on the paper preset the CLIP under `model.mismatch_clip_path`)."""
+        m = self.p["model"]
+        seed = self.pretrain_seed(which)
+        if m["clip_path"]:
+            if which == "mismatch":
+                if not m["mismatch_clip_path"]:
+                    raise ValueError("the mismatch control (run clip-mismatch-fiq) needs a second CLIP: set "
+                                     "model.mismatch_clip_path to a local CLIP folder with the same architecture")
+                return stored_state(clipmod.load_clip(m["mismatch_clip_path"]))
             self.pretrain_log = None  # nothing is trained here: the CLIP's own weights
-            return stored_state(clipmod.load_clip(self.p["model"]["clip_path"]))
-        key = self.pretrain_key()
+            return stored_state(clipmod.load_clip(m["clip_path"]))
+        key = self.pretrain_key(seed)
+        label = "contrastive pretraining" + ("" if which == "main" else " (mismatch control's second encoder)")
 
         def compute():
             from ...train import TrainConfig, train
 
             t = self.p["pretrain"]
-            clip = self.new_clip().to(self.device)
+            clip = self.new_clip(seed).to(self.device)
             cfg = TrainConfig(steps=t["steps"], lr=t["lr"], optimizer="adam", weight_decay=t["weight_decay"],
-                              seed=self.p["seed"], progress=self.progress, device=self.device, log_every=50,
-                              desc="contrastive pretraining", checkpoint_every=self.p["checkpoint_every"])
+                              seed=seed, progress=self.progress, device=self.device, log_every=50,
+                              desc=label, checkpoint_every=self.p["checkpoint_every"])
             start = time.time()
             batches = contrastive_batches(self.pixels(), self.data.pretrain_images, self.data.pretrain_rows,
-                                          t["batch_size"], self.p["seed"], self.device)
+                                          t["batch_size"], seed, self.device)
             res = train(clip, contrastive_step, batches, cfg, run_dir=self.cache.run_dir("cfq_pretrain", key))
             return {"state": stored_state(res.model), "log": res.log, "wall_s": time.time() - start}
 
         out = self._cached_training("cfq_pretrain", key, compute)
-        self.timings.setdefault("pretrain", out["wall_s"])
-        self.pretrain_log = out["log"]
+        self.timings.setdefault("pretrain" if which == "main" else "pretrain (mismatch control)", out["wall_s"])
+        if which == "main":
+            self.pretrain_log = out["log"]
         return out["state"]
+
+    def pretrain_all(self, mismatch: bool = True) -> None:
+        """Both pretrainings (the main dual encoder's and, with `mismatch`, the mismatch control's second one),
+        at once in two forked processes when both are missing and `workers` > 1 (each is one process's work:
+        this is where the second core would otherwise idle), then loaded here."""
+        import os
+
+        which = ["main", "mismatch"] if mismatch else ["main"]
+        if (not self.p["model"]["clip_path"] and int(self.p["workers"]) > 1 and str(self.device) == "cpu"
+                and not os.environ.get("VISUALSEARCH_NO_CACHE")):
+            todo = [w for w in which if not self.cache.has("cfq_pretrain", self.pretrain_key(self.pretrain_seed(w)))]
+            if len(todo) > 1:
+                if self._tokens is None:
+                    self.new_clip()  # the frozen text model, loaded once for both processes
+                self._in_workers(_worker_pretrain, todo, "contrastive pretraining of two dual encoders")
+        for w in which:
+            self.pretrained_state(w)
 
     def pretraining_summary(self) -> str:
         """Runs (or loads) the multimodal pretraining and says what it gave, in one line."""
@@ -389,10 +513,11 @@ class CFQExperiment:
                 f"image-to-text accuracy {log.i2t_accuracy.iloc[-20:].mean():.2f} "
                 f"(chance {1 / self.p['pretrain']['batch_size']:.3f})")
 
-    def pretrained_clip(self, seed: int | None = None) -> clipmod.DualEncoder:
+    def pretrained_clip(self, seed: int | None = None, misaligned: str | None = None) -> clipmod.DualEncoder:
         """The dual encoder after multimodal pretraining: the local CLIP as loaded (paper preset) or the small
         dual encoder with its pretrained weights (pretrained with the preset's `seed` whatever `seed` is: a
-        training seed draws what is built on it)."""
+        training seed draws what is built on it). `misaligned`: None, or a control for misaligned pretraining
+        (`misalign`)."""
         seed = self.p["seed"] if seed is None else seed
         if self.p["model"]["clip_path"]:
             self.pretrain_log = None
@@ -403,6 +528,8 @@ class CFQExperiment:
         else:
             clip = self.new_clip(seed)
             clip.load_state_dict(self.pretrained_state(), strict=False)
+        if misaligned is not None:
+            misalign(clip, misaligned, seed, self.pretrained_state("mismatch") if misaligned == "mismatch" else None)
         if self.p["model"]["freeze_backbone"]:
             clip.freeze_backbone()
         return clip.to(self.device)
@@ -425,7 +552,7 @@ class CFQExperiment:
         if kind == "random":
             return clipmod.RandomEmbeddings(m["embed_dim"], seed=seed), ImageInputs(self.pixels(), None, self.device)
         if pretrained:
-            clip = self.pretrained_clip(seed)
+            clip = self.pretrained_clip(seed, MISALIGNED.get(run))
             frozen = self.p["model"]["freeze_backbone"]
             inputs = ImageInputs(self.pixels(), self.features() if frozen else None, self.device)
         else:
@@ -439,8 +566,11 @@ class CFQExperiment:
     def run_key(self, run: str, fiq_share: float = 1.0, seed: int | None = None) -> dict:
         kind, stages, pretrained = RUNS[run]
         t = self.p["train"]
+        misaligned = MISALIGNED.get(run)
         return {"run": run, "kind": kind, "stages": list(stages), "train": {s: dict(t[s]) for s in stages},
                 "va_lr": t["va_lr"], "pretrain": self.pretrain_key() if pretrained else None,
+                "misaligned": misaligned, "lr": "va_lr" if run in VA_LR_RUNS else "default",
+                "mismatch": self.pretrain_key(self.pretrain_seed("mismatch")) if misaligned == "mismatch" else None,
                 "model": dict(self.p["model"]), "seed": self.p["seed"] if seed is None else seed,
                 "data": self.data_key(),
                 "group_by": self.p["eval"]["group_by"], "fiq_share": fiq_share, "device": str(self.device)}
@@ -471,7 +601,7 @@ class CFQExperiment:
         seed = self.p["seed"] if seed is None else seed
         t = self.p["train"][stage]
         pairs = self.fiq_pairs(fiq_share) if stage == "fiq" else self.data.imfq_train
-        if kind == "va" and pretrained:  # the paper's CLIP VA baseline: one low rate everywhere
+        if kind == "va" and (pretrained or run in VA_LR_RUNS):  # the paper's CLIP VA baseline: one low rate everywhere
             lr, scale = self.p["train"]["va_lr"], 1.0
         else:
             lr, scale = t["lr"], (t["pretrained_lr_scale"] if pretrained else 1.0)
@@ -552,6 +682,146 @@ class CFQExperiment:
             for share in d["shares"]:
                 self.run(r, float(share))
         return self.limited
+
+    # -- every run at once, on both cores
+    def _in_workers(self, fn, items: list, desc: str) -> None:
+        """fn(item) for every item in `workers` forked processes (each storing its result in the cache); the
+        parent shows one bar over finished items. Forking shares what the parent holds (data, features, the
+        text cache) without copying it."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        workers = min(int(self.p["workers"]), len(items))
+        _WORKER.clear()
+        _WORKER.update(exp=self, threads=max(1, int(self.p["threads"]) or 1))
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(fn, item) for item in items]
+                with prog.bar(total=len(futures), desc=f"{desc} ({workers} processes)", unit="job",
+                              disable=not self.progress) as finished:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        self.cache.misses.append("cfq_run")  # computed in this session (by a worker)
+                        finished.update(1)
+        finally:
+            _WORKER.clear()
+
+    def jobs(self, seeded_runs=()) -> list[tuple]:
+        """Every (run, FIQ share, training seed) the notebook trains: the grid's runs (`runs`), the runs of the
+        claims off the sweep at every training seed (`seeded_runs`), the data-limited sweep; then the extra
+        datasets' ("extra", dataset, run)."""
+        out = [(r, 1.0, self.p["seed"]) for r in self.p["runs"]]
+        out += [(r, 1.0, s) for r in seeded_runs for s in self.training_seeds()]
+        d = self.p["data_limited"]
+        out += [(r, 1.0, self.p["seed"]) for r in d["runs"]]
+        out += [(r, float(share), self.p["seed"]) for r in d["runs"] for share in d["shares"]]
+        out += self.extra_jobs() if self.data is not None else []
+        return list(dict.fromkeys(out))
+
+    def extra_jobs(self) -> list[tuple]:
+        """("extra", dataset, run) for every extra dataset read and every model of `extra.models`."""
+        return [(EXTRA_JOB, name, run) for name in getattr(self.data, "extra", {}) for run in self.p["extra"]["models"]]
+
+    def extra_key(self, dataset: str, run: str) -> dict:
+        return {**self.run_key(run), "extra": dataset, "extra_settings": dict(self.p["extra"]),
+                "extra_world": self.data.fingerprints[dataset]}
+
+    def run_extra(self, dataset: str, run: str) -> dict:
+        """The model of `run` (its architecture, initialisation and rates), trained on the extra dataset's own
+        training pairs for `extra.steps` steps with the Fashion IQ stage's other settings (none for a run with no
+        stage: zero-shot), then scored by Recall@k on its test queries; cached."""
+        kind, stages, pretrained = RUNS[run]
+        key = self.extra_key(dataset, run)
+        d = self.data.extra[dataset]
+
+        def compute():
+            from ...train import TrainConfig, train
+
+            start = time.time()
+            model, inputs = self.build(run)
+            log = None
+            if stages:
+                t = self.p["train"]["fiq"]
+                steps = int(self.p["extra"]["steps"])
+                va = kind == "va" and (pretrained or run in VA_LR_RUNS)
+                lr, scale = (self.p["train"]["va_lr"], 1.0) if va else (t["lr"], t["pretrained_lr_scale"] if pretrained
+                                                                         else 1.0)
+                seed = step_seed(self.p["seed"], 0, 10 + list(self.data.extra).index(dataset))
+                cfg = TrainConfig(steps=steps, lr=lr, optimizer="adam", adam_eps=t["adam_eps"],
+                                  weight_decay=t["weight_decay"],
+                                  lr_milestones=tuple(int(f * steps) for f in t["lr_decay_at"]), lr_gamma=0.1,
+                                  seed=seed, progress=self.progress, device=self.device, log_every=50,
+                                  desc=f"{run} on {dataset}", checkpoint_every=self.p["checkpoint_every"])
+                batches = composed_batches(d.train, inputs, t["batch_size"], seed)
+                log = train(model, composed_step, batches, cfg, run_dir=self.cache.run_dir("cfq_extra", key),
+                            param_groups=model.param_groups(scale)).log
+            recall = extra_evaluation(model, inputs, d.test, d.ks)
+            return {"recall": recall, "log": log, "wall_s": time.time() - start}
+
+        out = self._cached_training("cfq_extra", key, compute)
+        self.extra_results[(dataset, run)] = out
+        self.timings[f"{run} on {dataset}"] = out["wall_s"]
+        return out
+
+    def run_extra_all(self) -> dict:
+        """Every model of `extra.models` on every extra dataset: {(dataset, run): result}."""
+        for _, name, run in self.extra_jobs():
+            self.run_extra(name, run)
+        return self.extra_results
+
+    @staticmethod
+    def job_cost(job: tuple) -> float:
+        """A rough relative cost of a job (for scheduling the longest first, so the processes end together):
+        seconds per stage measured on the default preset (2026-11-27): a from-scratch run trains its backbone on
+        pixels (~70 s), a fusion branch costs ~30 s per stage, a VA stage on frozen features 5-15 s."""
+        if job[0] == EXTRA_JOB:
+            kind, stages, _ = RUNS[job[2]]
+            return (20.0 if kind in ("raf", "raf_big", "af") else 4.0) * len(stages) + 2.0
+        kind, stages, pretrained = RUNS[job[0]]
+        fusion = kind in ("raf", "raf_big", "af")
+        cost = {"fiq": 70.0 if not pretrained else 28.0 if fusion else 5.0, "imfq": 30.0 if fusion else 14.0}
+        return sum(cost[s] for s in stages) + 3.0  # + its evaluation
+
+    def prefetch(self, jobs: list[tuple]) -> None:
+        """Train every job missing from the cache in `workers` forked processes (longest first); the notebook's
+        later calls (`run_all`, `run_seeds`, `run_data_limited`) then read them from the cache. What every job
+        shares is computed once, before forking: the pretrained dual encoders, the frozen backbone's features and
+        the frozen text model's states of every caption. Nothing is done with one worker, on a GPU, or when the
+        cache is disabled (VISUALSEARCH_NO_CACHE: a worker's result could not be read back)."""
+        import os
+
+        if int(self.p["workers"]) < 2 or str(self.device) != "cpu" or os.environ.get("VISUALSEARCH_NO_CACHE"):
+            return
+        todo = [j for j in jobs if not self.cache.has(*(("cfq_extra", self.extra_key(j[1], j[2])) if j[0] == EXTRA_JOB
+                                                        else ("cfq_run", self.run_key(*j))))]
+        if len(todo) < 2:
+            return
+        self.pretrain_all(mismatch=any(MISALIGNED.get(j[0]) == "mismatch" for j in todo))
+        if self.p["model"]["freeze_backbone"]:
+            self.features()
+        self.warm_text()
+        todo.sort(key=self.job_cost, reverse=True)
+        self._in_workers(_worker_run, todo, "training the grid, the claims' seeds and the sweep")
+
+    def warm_text(self) -> None:
+        """The frozen text model's states of every caption any run reads (training pairs, validation queries,
+        CFQ), computed once here rather than again in each worker."""
+        if self.p["model"]["clip_path"] or self.data is None:
+            return
+        if self._tokens is None:
+            self.new_clip()
+        d = self.data
+        texts = [c for caps in d.fiq_train.captions for c in caps] + [c for caps in d.imfq_train.captions for c in caps]
+        texts += [t for v in d.fiq_val.values() for t in v["texts"]] + list(d.imat_val["texts"])
+        texts += list(d.cfq_agg["caption"].unique())
+        for x in d.extra.values():
+            texts += [c for caps in x.train.captions for c in caps] + list(x.test["texts"])
+        tokens = self._tokens
+        units = [u for t in dict.fromkeys(map(str, texts))
+                 for u in (clipmod.caption_phrases(t) if tokens.phrases else [t])]
+        new = [u for u in dict.fromkeys(units) if u not in tokens._cache]
+        if new:
+            tokens._encode_new(new)
 
     def run_all(self, runs=None) -> dict:
         for r in runs or self.p["runs"]:

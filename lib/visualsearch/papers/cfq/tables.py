@@ -12,7 +12,9 @@ from ... import cfq_metrics as cm
 RUN_LABELS = {"zero-shot": "CLIP VA, zero-shot", "clip-fiq": "CLIP VA, FIQ", "clip-imfq-fiq": "CLIP VA, iMFQ+FIQ",
               "raf-fiq": "RAF, FIQ", "raf-big-fiq": "RAF w=1, FIQ", "raf-imfq-fiq": "RAF, iMFQ+FIQ",
               "af-fiq": "AF, FIQ", "tirg-fiq": "TIRG, FIQ", "scratch-fiq": "VA, no pretraining, FIQ",
-              "random": "random embeddings"}
+              "scratch-fiq-va-lr": "VA, no pretraining, FIQ at VA's lr",
+              "clip-scramble-fiq": "CLIP VA scrambled text projection, FIQ",
+              "clip-mismatch-fiq": "CLIP VA mismatched text tower, FIQ", "random": "random embeddings"}
 HEADLINE = ("FIQ (R@10+R@50)/2", "CFQ accurate mAP", "CFQ similar mAP", "CFQ nDCG")
 
 
@@ -92,3 +94,11 @@ def seed_table(seeded: dict, seeds, description: str) -> pd.DataFrame:
             for metric, v in headline(res).items():
                 rows.append((RUN_LABELS[run], f"{description}, training seed {seed}", metric, v, int(seed)))
     return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "seed"])
+
+
+def extra_table(extra_results: dict, descriptions: dict) -> pd.DataFrame:
+    """Tidy rows (method, dataset, metric, reproduced) of the extra datasets: {(dataset, run): result}; the method
+    is the run's model ("fine-tuned" on the dataset itself, or zero-shot), the dataset its description."""
+    rows = [(RUN_LABELS[run].replace(", FIQ", ", fine-tuned"), descriptions.get(name, name) + ", test", metric, value)
+            for (name, run), res in extra_results.items() for metric, value in res["recall"].items()]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"])

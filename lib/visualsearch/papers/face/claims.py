@@ -9,7 +9,8 @@ over test people, per-item scores pooled over the fine-tuning seeds) as declared
 - Our extensions, following the paper's logic: gender and ethnicity gain little from earlier branching (head
   only within a declared margin of the earlier depth), and the chosen sharing pattern loses little against one
   network per attribute.
-- The paper's cost claim (about 1 GFLOP for all predictions), not an "A beats B": recorded with `rep.check`.
+- The paper's cost claim (about 1 GFLOP for all predictions), not an "A beats B": the pattern picked on accuracy
+  alone, costed on the paper preset's network, against the budget with a declared tolerance (`rep.check`).
 
 No selection on the test images a claim is decided on: the attribute-test people are split once (`split_by_person`)
 into a SELECTION half, on which each "earlier depth" (and the sharing pattern the notebook builds) is chosen, and a
@@ -209,17 +210,30 @@ def check_loss_vs_separate(rep, runs: dict, split: FaceSplit, halves: Halves, ch
     return d
 
 
-def check_budget(rep, counted: dict, p) -> bool:
-    """The paper's cost claim (declared under `checks:`): the chosen multi-head network's cost, counted on the
-    built network, within p.sharing.budget in the convention p.sharing.convention. Not an "A beats B"; the pattern
-    is chosen within the budget, so this confirms the count on the built network (the proxy says so)."""
+def check_budget(rep, pattern: dict, cost: dict, network: str, p) -> bool:
+    """The paper's cost claim (declared under `checks:`): the cost of `pattern` ({attribute: depth}: the pattern
+    chosen on accuracy alone, without the budget filter) on the network of `checks.one_gflop.preset` (`network`
+    describes it), at most p.sharing.budget x (1 + tolerance) in the convention p.sharing.convention. Not an
+    "A beats B": a count against a declared bound, which fails when the most accurate pattern costs more."""
     c = p["checks"][BUDGET_CHECK]
-    S, conv, budget = p["sharing"]["cost_input_size"], p["sharing"]["convention"], p["sharing"]["budget"]
-    return rep.check(c["text"], counted[conv] <= budget,
-                     f"{counted['flops'] / 1e9:.3f} GFLOPs (2 per multiply-add) = {counted['macs'] / 1e9:.3f} G "
-                     f"multiply-adds at {S} px; budget {budget / 1e9:g} G applied to {conv}", counted[conv] / 1e9,
+    conv, budget, tol = p["sharing"]["convention"], float(p["sharing"]["budget"]), float(c["tolerance"])
+    bound = budget * (1 + tol)
+    return rep.check(c["text"], cost[conv] <= bound,
+                     f"{pattern_name(pattern)} on {network}: {cost['flops'] / 1e9:.3f} GFLOPs (2 per multiply-add) = "
+                     f"{cost['macs'] / 1e9:.3f} G multiply-adds; bound {bound / 1e9:.3g} G {conv}", cost[conv] / 1e9,
                      source=c["source"], seeds=len(p["seeds"]), proxy=c["proxy"], claim_id=BUDGET_CHECK,
-                     comparison=f"chosen multi-head network's {conv} <= {budget / 1e9:g} G at {S} px",
-                     criterion=f"{conv} counted with torch.utils.flop_counter on the built multi-head network at {S} px, "
-                               f"at most {budget:.3g}; its pattern was chosen within this budget on accuracies "
-                               f"pooled over {len(p['seeds'])} seeds")
+                     comparison=f"{conv} of the most accurate pattern (no budget filter) <= {budget / 1e9:g} G x "
+                                f"(1 + {tol:g}) on the {c['preset']} preset's network",
+                     criterion=f"{conv} counted with torch.utils.flop_counter, per stage, on the {c['preset']} preset's "
+                               f"network; pattern chosen on accuracy alone on the selection half (pooled over "
+                               f"{len(p['seeds'])} seeds); tolerance {tol:g} declared before the number was seen")
+
+
+def in_words(decisions: dict) -> list[str]:
+    """One line per decided depth claim, saying plainly whether it holds and, for the paper's claims, whether the
+    capacity control held (its numbers are in the decision's detail)."""
+    def control(d):
+        if "capacity control (FAILS)" in d.detail:
+            return "; under the capacity control it FAILS"
+        return "; the capacity control holds" if "capacity control (holds)" in d.detail else ""
+    return [f"{cid}: {'holds' if d.passed else 'does NOT hold'}{control(d)}. {d.detail}" for cid, d in decisions.items()]

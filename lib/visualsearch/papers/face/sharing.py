@@ -81,6 +81,13 @@ def enumerate_patterns(accuracy: dict, costs: dict, depths=None) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def with_budget_costs(patterns: pd.DataFrame, costs: dict) -> pd.DataFrame:
+    """`patterns` with `budget_flops` and `budget_macs`: each pattern's cost on another network (`costs` of
+    `part_costs`, e.g. the paper preset's network at its input size), where the paper's budget is checked."""
+    other = [pattern_cost(pattern_of(r), costs) for _, r in patterns.iterrows()]
+    return patterns.assign(budget_flops=[c["flops"] for c in other], budget_macs=[c["macs"] for c in other])
+
+
 def pareto_front(df: pd.DataFrame, cost: str = "flops", value: str = "mean_accuracy") -> pd.Series:
     """True for patterns that no other pattern beats on both cost (lower) and value (higher)."""
     order = df.sort_values([cost, value], ascending=[True, False])
@@ -102,6 +109,26 @@ def choose_pattern(df: pd.DataFrame, budget: float, convention: str = "flops") -
     if fits.empty:
         raise ValueError(f"no sharing pattern fits {budget:.3g} {convention}; the cheapest costs {df[convention].min():.3g}")
     return fits.sort_values(["mean_accuracy", convention], ascending=[False, True]).iloc[0]
+
+
+def choose_without_budget(df: pd.DataFrame, convention: str = "flops") -> pd.Series:
+    """The pattern our procedure picks on accuracy alone (no budget filter; among equally accurate ones the
+    cheapest): what the paper's cost claim is checked on, so that the check can fail."""
+    return choose_pattern(df, float("inf"), convention)
+
+
+def budget_network(p, notebook: str = "face_attribute_sharing") -> tuple[FaceNetConfig, str]:
+    """(network config, preset name) of the network the paper's budget is checked on: the model of the preset
+    named by `checks.one_gflop.preset` (the paper preset's wider trunk at its own input size), built from that
+    preset's parameters; counting its cost needs no training and no data."""
+    preset = p["checks"]["one_gflop"]["preset"]
+    if preset != p["preset"]:
+        from ...config import load_params
+        p = load_params(notebook, preset)
+    m = p["model"]
+    cfg = FaceNetConfig(widths=tuple(m["widths"]), blocks=tuple(m["blocks"]), stem_stride=int(m["stem_stride"]),
+                        input_size=int(m["input_size"]))
+    return cfg, preset
 
 
 def pattern_of(row: pd.Series, attributes=ATTRIBUTES) -> dict:

@@ -102,14 +102,20 @@ def patterns_to_show(patterns: pd.DataFrame, front: pd.Series, chosen: pd.Series
     return out.sort_values("flops").reset_index(drop=True)
 
 
-def pattern_rows(patterns: pd.DataFrame, dataset: str, cost_note: str) -> pd.DataFrame:
-    """Tidy rows (GFLOPs, GMACs, params, per-attribute and mean accuracy) of the given patterns."""
+def pattern_rows(patterns: pd.DataFrame, dataset: str, cost_note: str, budget_note: str = "") -> pd.DataFrame:
+    """Tidy rows (GFLOPs, GMACs, params, per-attribute and mean accuracy) of the given patterns; where the
+    patterns carry `budget_flops`/`budget_macs` (their cost on the network the paper's budget is checked on,
+    described by `budget_note`), those rows too."""
     rows = []
     for r in patterns.itertuples():
         base = {"method": r.pattern, "dataset": dataset, "role": getattr(r, "role", ""), "cost_at": cost_note}
         rows += [{**base, "metric": "GFLOPs (2 per multiply-add)", "reproduced": r.flops / 1e9},
                  {**base, "metric": "GMACs (multiply-adds)", "reproduced": r.macs / 1e9},
                  {**base, "metric": "parameters (M)", "reproduced": r.params / 1e6}]
+        if hasattr(r, "budget_flops"):
+            rows += [{**base, "cost_at": budget_note, "metric": "GFLOPs (2 per multiply-add)",
+                      "reproduced": r.budget_flops / 1e9},
+                     {**base, "cost_at": budget_note, "metric": "GMACs (multiply-adds)", "reproduced": r.budget_macs / 1e9}]
         rows += [{**base, "metric": f"{a} accuracy", "reproduced": getattr(r, f"acc_{a}")} for a in ATTRIBUTES]
         rows.append({**base, "metric": "mean accuracy", "reproduced": r.mean_accuracy})
     return pd.DataFrame(rows)
@@ -147,3 +153,31 @@ def baselines_table(summary: pd.DataFrame, patterns: pd.DataFrame, chosen: pd.Se
             {a: float(s.loc[(a, "scratch", 0), "mean"]) for a in ATTRIBUTES}, float(s.loc[("age", "scratch", 0), "mae_mean"]),
             {k: sep[k] for k in ("flops", "macs", "params")})
     return pd.DataFrame(rows)
+
+
+def readout_table(readout: pd.DataFrame, dataset: str, chance: dict) -> pd.DataFrame:
+    """Tidy rows of experiment.readout_diagnostic: a linear classifier fitted to convergence on frozen trunk
+    features, globally pooled (what the head-only branch reads) or pooled to a 3x3 grid (what the probe keeps)."""
+    rows = []
+    for r in readout.itertuples():
+        pool = "global average pool" if r.grid == 1 else f"{r.grid}x{r.grid} average-pooled grid"
+        base = {"method": f"linear read-out after stage {r.depth}, {pool}", "dataset": dataset, "attribute": r.attribute,
+                "depth": r.depth, "grid": r.grid, "features": r.features, "chance": chance.get(r.attribute)}
+        rows += [{**base, "metric": f"{r.attribute} test accuracy", "reproduced": r.test_accuracy},
+                 {**base, "metric": f"{r.attribute} training accuracy", "reproduced": r.train_accuracy}]
+    return pd.DataFrame(rows)
+
+
+def readout_finding(readout: pd.DataFrame, summary: pd.DataFrame, attr: str = "emotion") -> str:
+    """One sentence with the numbers of the diagnostic for `attr` at the last stage: head-only fine-tuning, a
+    converged linear classifier on the same globally pooled features, and on the 3x3 grid."""
+    last = int(readout.depth.max())
+    r = readout[(readout.attribute == attr) & (readout.depth == last)].set_index("grid").test_accuracy
+    s = summary[(summary.attribute == attr) & (summary.method == "finetune") & (summary.depth == summary.depth.max())]
+    head = float(s["mean"].iloc[0]) if len(s) else float("nan")
+    grid = max(g for g in r.index if g > 1) if any(g > 1 for g in r.index) else None
+    out = (f"{attr} after stage {last}: head-only fine-tuning {head:.3f}; a linear classifier fitted to convergence on "
+           f"the same globally pooled features {r.get(1, float('nan')):.3f}")
+    if grid:
+        out += f"; on the same features pooled to a {grid}x{grid} grid {r[grid]:.3f}"
+    return out + " (test accuracy)."

@@ -25,11 +25,11 @@ Modules:
 - `experiment.py`: the computation: `result_cache`, `FrozenMaps`, batches and steps, `evaluate` and
   `evaluate_per_query` (`per_query_hits`), `run_experiment` (cached, resumable), the process-pool scheduler
   `run_all`, the notebook's plan (`backbone_weights_file`, `plan_runs` with the claims' seeds, `seed_results`,
-  `query_references`), and what figures and claims need from a trained model (`word_attention`,
+  `ablation_results`, `query_references`, `trainable_parameters`), and what figures and claims need from a trained model (`word_attention`,
   `retrieval_examples`, `place_attention_items`, `place_attention`).
 - `pretrain.py`: the backbone pretraining on product attributes (`pretrain_trunk`, its own resumable loop).
-- `tables.py`: method names, Fashion IQ rows, recall rows, ablation rows, `fiq_score`, the per-seed claim scores
-  and place-attention rows.
+- `tables.py`: method names, Fashion IQ rows, recall rows (with trainable parameters), ablation rows, `fiq_score`,
+  the per-seed claim scores, every claim comparison (`comparison_rows`) and place-attention rows.
 - `figures.py`: attention maps, retrieval examples, training curves (from arrays and results; no model).
 - `claims.py`: the declared claims decided (MAAF against the baselines per dataset; words and the places they
   name), which runs they need seeded (`seeded_runs`).

@@ -209,7 +209,8 @@ class RunResult:
     log: object                       # pandas DataFrame: step, loss, lr, batch_acc
     state: dict | None = None         # state dict without frozen parts (see trainable_state)
     wall_s: float = 0.0               # training time (wall clock)
-    extra: dict = field(default_factory=dict)  # cpu_s: CPU seconds of training + evaluation (load-independent)
+    extra: dict = field(default_factory=dict)  # cpu_s: CPU seconds of training + evaluation (load-independent);
+                                               # trainable_params: parameters the optimiser updated
     hits: dict = field(default_factory=dict)   # eval name -> {k: BoolTensor [Q]} hit@k per evaluated query
 
 
@@ -219,6 +220,12 @@ def trainable_state(model) -> dict:
     frozen = ["trunk."] if getattr(model.cfg, "backbone_frozen", False) else []
     frozen.append("text.transformer.")
     return {k: v for k, v in model.state_dict().items() if not any(k.startswith(f) for f in frozen)}
+
+
+def trainable_parameters(model) -> int:
+    """Parameters the optimiser updates (a frozen backbone and a frozen text model excluded): the capacity the
+    tables show beside each method's recall, so that a comparison of fusions is read with it."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def seeded_trunk(cfg: MAAFConfig, seed: int) -> ResNetTrunk:
@@ -290,7 +297,8 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
                      for k, g in eval_groups.items()}
         state = {k: v.cpu() for k, v in trainable_state(model).items()} if keep_model else None
         return RunResult({k: r.percent() for k, (r, _) in evaluated.items()}, result.log, state, result.wall_s,
-                         {"cpu_s": time.process_time() - cpu0}, {k: h for k, (_, h) in evaluated.items()})
+                         {"cpu_s": time.process_time() - cpu0, "trainable_params": trainable_parameters(model)},
+                         {k: h for k, (_, h) in evaluated.items()})
 
     if cache is None:
         return compute()
@@ -441,12 +449,18 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         return str(path)
     pre = dict(p.pretrain)
     key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre, "device": str(p.device)}
-    # `threads` torch threads, as every process here: more threads than free cores (another notebook running)
-    # slows OpenMP down several times over, so this step does not try to take both cores.
-    state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
-        p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
-        progress, run_dir=cache.run_dir("maaf-backbone-pretraining", key), checkpoint_every=p.checkpoint_every,
-        identity=identity_of("maaf-backbone-pretraining", key)))
+    # Nothing else of the notebook runs during this step, so on the CPU it takes the cores the training runs
+    # will take (`workers` x `threads`), not one worker's share: it was a minute on one core of two (issue 17).
+    threads = torch.get_num_threads()
+    if str(p.device) == "cpu":
+        torch.set_num_threads(max(threads, p.workers * p.threads))
+    try:
+        state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
+            p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
+            progress, run_dir=cache.run_dir("maaf-backbone-pretraining", key), checkpoint_every=p.checkpoint_every,
+            identity=identity_of("maaf-backbone-pretraining", key)))
+    finally:
+        torch.set_num_threads(threads)
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
     if not path.is_file():
         atomic.torch_save({k: v for k, v in state.items() if k != "__accuracy__"}, path)
@@ -485,7 +499,8 @@ def with_seed(run: Run, seed: int, keep_model: bool | None = None) -> Run:
 def plan_runs(p, weights: str | None, seeded: dict | None = None) -> list[Run]:
     """Every run of the notebook: per dataset MAAF (weights kept, for figures) and its baselines (and TIRG
     trained longer, a control); on Fashion IQ also the full model with `reference_seeds` other seeds and one
-    run per ablation switch. Ablations change MAAFConfig fields, or `loss` / `backbone_weights` ("none" =
+    run per ablation switch, at `ablation_steps` (with the full model trained again at those steps, and its
+    reference seeds, when they differ from the main run's). Ablations change MAAFConfig fields, or `loss` / `backbone_weights` ("none" =
     not pretrained).
 
     `seeded`: {dataset: run names} that a claim is decided on (`claims.seeded_runs`): each of them is also
@@ -514,8 +529,12 @@ def plan_runs(p, weights: str | None, seeded: dict | None = None) -> list[Run]:
         cfg = base_config(p, weights, "fashioniq")
         have = {r.name for r in runs if r.dataset == "fashioniq"}
         full = next(r for r in runs if r.dataset == "fashioniq" and r.name == "MAAF")
+        if p.ablation_steps != p.steps["fashioniq"]:  # the ablations' reference: the full model at their steps
+            full = Run(ABLATION_REFERENCE, "fashioniq", cfg, train_spec(p, "fashioniq", steps=p.ablation_steps))
+            runs.append(full)
+            have = set()
         for k in range(1, p.reference_seeds + 1):  # the full model again, other seeds: the noise of one run
-            if f"MAAF, seed {p.seed + k}" not in have:  # (a claim's seeds serve here too)
+            if f"{full.base}, seed {p.seed + k}" not in have:  # (a claim's seeds serve here too)
                 runs.append(with_seed(full, p.seed + k, keep_model=False))
         for row in p.ablations:
             change = dict(row["change"])
@@ -527,10 +546,29 @@ def plan_runs(p, weights: str | None, seeded: dict | None = None) -> list[Run]:
                 raise ValueError(f"ablation {row['name']!r}: unknown switches {sorted(unknown)}; "
                                  f"expected MAAFConfig fields or 'loss'")
             runs.append(Run(f"ablation: {row['name']}", "fashioniq", dataclasses.replace(cfg, **change),
-                            train_spec(p, "fashioniq", **spec_changes)))
+                            train_spec(p, "fashioniq", steps=p.ablation_steps, **spec_changes)))
     for r in runs:
         r.checkpoint_every = p.checkpoint_every
     return runs
+
+
+ABLATION_REFERENCE = "ablation: full model"   # the full model at `ablation_steps` when they differ from the main run's
+
+
+def ablation_results(runs: list[Run], results: dict) -> dict:
+    """{row: RunResult} of the Fashion IQ ablation table: "MAAF (full model)" first, its other seeds ("MAAF
+    (full model), seed s": the noise of one run), then one row per switch (its name). The full model is the one
+    trained at the ablations' steps: its own run (ABLATION_REFERENCE) when `ablation_steps` differs from the
+    main run's steps, else the main MAAF run and its seeds; a row is only compared with a model trained as long."""
+    fiq = [r for r in runs if r.dataset == "fashioniq"]
+    full = [r for r in fiq if r.base == ABLATION_REFERENCE] or [r for r in fiq if r.base == "MAAF"]
+    out = {}
+    for r in sorted(full, key=lambda r: r.spec.seed):
+        out["MAAF (full model)" if r.name == r.base else f"MAAF (full model), seed {r.spec.seed}"] = \
+            results[("fashioniq", r.name)]
+    out.update({r.name.removeprefix("ablation: "): results[("fashioniq", r.name)] for r in fiq
+                if r.name.startswith("ablation: ") and r.base != ABLATION_REFERENCE})
+    return out
 
 
 def seed_results(runs: list[Run], results: dict, dataset: str) -> dict:

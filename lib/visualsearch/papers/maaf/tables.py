@@ -9,6 +9,7 @@ import pandas as pd
 
 METHOD_NAMES = {"maaf": "MAAF", "tirg": "TIRG", "image_only": "image only", "text_only": "text only",
                 "concat": "concat", "add": "add", "tirg_lastconv": "TIRG (last conv)",
+                "tirg_matched": "TIRG (matched capacity)",
                 "cross_attention": "two-stream cross-attention"}
 FIQ_SCORE = "(R@10+R@50)/2"
 
@@ -30,12 +31,25 @@ def fiq_rows(results: dict) -> pd.DataFrame:
         r50 = float(np.mean([res.recall[c]["R@50"] for c in cats]))
         rows += [(method, "average", "R@10", r10), (method, "average", "R@50", r50),
                  (method, "average", FIQ_SCORE, (r10 + r50) / 2)]
-    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"])
+    return pd.concat([pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"]),
+                      parameter_rows(results, "average")], ignore_index=True)
 
 
 def recall_rows(results: dict, dataset: str, ks=(1, 5, 10, 50), split: str = "test") -> pd.DataFrame:
-    """One row per (method, R@k) on a single evaluation split."""
+    """One row per (method, R@k) on a single evaluation split, and each method's trainable parameters."""
     rows = [(method, dataset, f"R@{k}", res.recall[split][f"R@{k}"]) for method, res in results.items() for k in ks]
+    return pd.concat([pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"]),
+                      parameter_rows(results, dataset)], ignore_index=True)
+
+
+PARAMS = "trainable parameters"
+
+
+def parameter_rows(results: dict, dataset: str) -> pd.DataFrame:
+    """Per method, the parameters its training updated (`RunResult.extra["trainable_params"]`; methods trained
+    before it was recorded give no row): a recall is read with the capacity that bought it."""
+    rows = [(method, dataset, PARAMS, float(res.extra["trainable_params"])) for method, res in results.items()
+            if res.extra.get("trainable_params") is not None]
     return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced"])
 
 
@@ -83,3 +97,24 @@ def place_attention_rows(items_by_seed: dict) -> pd.DataFrame:
                          "metric": f"block {block} {stage}: place / mean attention", "reproduced": float(v.ratio.mean()),
                          "words": len(v)})
     return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "words"])
+
+
+def comparison_rows(scored: list, dataset_labels: dict | None = None) -> pd.DataFrame:
+    """Per decided comparison claim (`claims.Scored`), per compared method B: the pooled mean per-query score of
+    the claim's `better` method (MAAF) and of B, and their difference. Why a table of its own: it shows at a
+    glance where MAAF loses or only ties (difference at or below zero), which the claims table, giving only the
+    closest comparison, can hide behind one number."""
+    labels = dataset_labels or {}
+    rows = []
+    for s in scored:
+        better = s.claim.better
+        if better not in s.scores:
+            continue
+        a = float(np.asarray(s.scores[better], dtype=float).mean())
+        for method in s.claim.worse:
+            b = float(np.asarray(s.scores[method], dtype=float).mean())
+            head = {"method": f"{better} vs {method}", "dataset": labels.get(s.dataset, s.dataset),
+                    "item score": s.claim.metric}
+            rows += [{**head, "metric": m, "reproduced": v}
+                     for m, v in ((better, a), ("compared", b), ("difference", a - b))]
+    return pd.DataFrame(rows, columns=["method", "dataset", "metric", "reproduced", "item score"])

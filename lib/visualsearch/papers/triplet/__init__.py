@@ -22,7 +22,8 @@ Modules:
   `lookalike_groups_of`.
 - `experiment.py`: the computation: `result_cache`, `pretrain_trunk`, `RunConfig`, `build_model`,
   `train_embedding`, `embed`, the cached runs (`trunk_weights`, `off_the_shelf`, `trained_run`),
-  `evaluate_run`, and the claims' runs at every seed (`training_seeds`, `claim_run`, `seeded_retrievals`).
+  `evaluate_run`, the claims' runs at every seed (`training_seeds`, `claim_run`, `seeded_retrievals`), and every
+  training of the notebook at once in worker processes (`notebook_runs`, `prefetch_runs`, keyed by `run_key`).
 - `analysis.py`: measurements of retrieval results and embeddings (no model): recall curves, per-category
   recall, top-1 category confusion, similarity samples, the sources of wrong top-1 results.
 - `tables.py`: `METHOD_LABELS`, `recall_table`, `sop_label`, `method_label`, the per-seed tables behind the

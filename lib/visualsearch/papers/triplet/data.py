@@ -113,10 +113,13 @@ def load_data(p) -> TripletData:
     p.data.inshop_dir (In-shop, or Consumer-to-Shop when p.data.inshop_benchmark says so) and p.data.sop_dir."""
     skips = SkipLog()
     size, mem = p.model.input_size, p.data.in_memory
-    with stage("reading the In-shop and SOP lists (every image is decoded once to check it)"):
+    # In memory, every image is decoded once, when it is loaded (a bad one is skipped and counted there): the
+    # readers need not decode it first to check it. Read from disk per batch, the readers check each image.
+    check = not mem
+    with stage("reading the In-shop and SOP lists" + (" (every image is decoded once to check it)" if check else "")):
         if p.data_root is None:
             folder = products_world(ProductsWorldConfig(**p.world.to_dict()))
-            inshop, sop = read_inshop(folder, skips), read_sop(folder, skips)
+            inshop, sop = read_inshop(folder, skips, check), read_sop(folder, skips, check)
             att = read_attributes(folder)
             names = ("synthetic products (In-shop format)", "synthetic products (SOP format)")
             desc = f"synthetic products world {folder.name}"
@@ -124,14 +127,14 @@ def load_data(p) -> TripletData:
         else:
             ins_root = resolve(p.data_root, p.data.inshop_dir)
             if p.data.inshop_benchmark == "consumer2shop":
-                inshop, names0 = read_consumer2shop(ins_root, skips), "DeepFashion Consumer-to-Shop"
+                inshop, names0 = read_consumer2shop(ins_root, skips, check), "DeepFashion Consumer-to-Shop"
             elif p.data.inshop_benchmark == "inshop":
-                inshop, names0 = read_inshop(ins_root, skips), "DeepFashion In-shop"
+                inshop, names0 = read_inshop(ins_root, skips, check), "DeepFashion In-shop"
             else:
                 raise ValueError("data.inshop_benchmark must be inshop or consumer2shop, "
                                  f"got {p.data.inshop_benchmark!r}")
             sop_root = resolve(p.data_root, p.data.sop_dir)
-            sop = read_sop(sop_root, skips)
+            sop = read_sop(sop_root, skips, check)
             att, folder = None, None
             names = (names0, "Stanford Online Products")
             desc = f"{names0} ({ins_root}) and Stanford Online Products ({sop_root})"

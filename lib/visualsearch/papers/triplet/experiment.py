@@ -247,12 +247,19 @@ def _embed_sets(model, d: TripletData, which: str, device, features=False) -> di
     return {"query": e, "gallery": e}
 
 
+def run_key(p, d: TripletData, which: str, cfg: RunConfig, start: dict, eval_every: int = 0,
+            eval_products: int = 0) -> dict:
+    """The cache key of one trained run (`trained_run`): everything that changes its log or embeddings."""
+    return {"which": which, "run": asdict(cfg), "start": _start_key(start, p), **data_key(p, d),
+            "eval_every": eval_every, "eval_products": eval_products}
+
+
 def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cache, eval_every: int = 0,
-                eval_products: int = 0) -> dict:
+                eval_products: int = 0, progress: bool = True) -> dict:
     """Train one embedding (cached) on the In-shop or SOP training images; returns its training log (with
-    R@1 on a fixed SOP subset every eval_every steps when asked) and the embeddings of queries and gallery."""
-    key = {"which": which, "run": asdict(cfg), "start": _start_key(start, p), **data_key(p, d),
-           "eval_every": eval_every, "eval_products": eval_products}
+    R@1 on a fixed SOP subset every eval_every steps when asked) and the embeddings of queries and gallery.
+    `progress`: the training bar (off in worker processes, `prefetch_runs`)."""
+    key = run_key(p, d, which, cfg, start, eval_every, eval_products)
 
     def compute():
         train_set = d.inshop_train if which == "inshop" else d.sop_train
@@ -268,7 +275,7 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
         name = (f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
                 + (f" seed {cfg.seed}" if cfg.seed != p.seed else ""))
         res = train_embedding(train_set, cfg, start["trunk"], start["weights_path"], device=p.device,
-                              eval_fn=ev, eval_every=eval_every if ev else 0, progress=True,
+                              eval_fn=ev, eval_every=eval_every if ev else 0, progress=progress,
                               desc=f"training {name}", run_dir=cache.run_dir("triplet_run", key),
                               checkpoint_every=p.checkpoint_every, identity=identity_of("triplet_run", key))
         with stage(f"{name}: embedding the test images"):
@@ -328,3 +335,90 @@ def seeded_retrievals(p, d: TripletData, start: dict, cache, names) -> dict[str,
             runs.append(evaluate_run(d, which, trained_run(p, d, which, cfg, start, cache, **curve), (1,)))
         out[name] = (which, runs)
     return out
+
+
+# ------------------------------------------------------------------------ every training at once, on both cores
+
+def notebook_runs(p, names=()) -> list[tuple[str, RunConfig, dict]]:
+    """Every training the notebook asks for, as (which, RunConfig, curve) with curve the keyword arguments of
+    `trained_run` (the SOP Recall@1 curve): the In-shop methods (`inshop.methods`), the SOP probabilities
+    (`sop.single_category_probs`), and the runs of the declared claims' methods `names` at every training seed
+    (as `seeded_retrievals` asks for them). The same calls, so the same cache entries."""
+    curve = {"eval_every": p.sop.eval_every, "eval_products": p.sop.eval_products}
+    jobs = [("inshop", run_config(p, method=m), {}) for m in p.inshop.methods]
+    jobs += [("sop", run_config(p, method=p.sop.method, single_category_prob=float(x)), curve)
+             for x in p.sop.single_category_probs]
+    for name in dict.fromkeys(names):
+        which, what = claim_run(name)
+        if what.get("method") == "off_the_shelf":
+            continue
+        for s in training_seeds(p):
+            if which == "inshop":
+                jobs.append(("inshop", run_config(p, method=what["method"], seed=s), {}))
+            else:
+                cfg = run_config(p, method=p.sop.method, single_category_prob=what["single_category_prob"], seed=s)
+                jobs.append(("sop", cfg, curve if s == p.seed else {}))
+    seen, out = set(), []
+    for which, cfg, kw in jobs:
+        tag = (which, repr(asdict(cfg)), tuple(sorted(kw.items())))
+        if tag not in seen:
+            seen.add(tag)
+            out.append((which, cfg, kw))
+    return out
+
+
+_WORKER: dict = {}  # what forked workers read: (p, data, start, cache, threads), set by prefetch_runs
+
+
+def _worker_run(job) -> str:
+    """Train one job in a forked worker; returns the line the parent shows for it (a worker shows nothing)."""
+    import torch as _torch
+    p, d, start, cache, threads = (_WORKER[k] for k in ("p", "data", "start", "cache", "threads"))
+    _torch.set_num_threads(threads)  # torch's pool does not survive fork; one thread per worker
+    which, cfg, kw = job
+    name = (f"training {which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
+            + (f" seed {cfg.seed}" if cfg.seed != p.seed else ""))
+    ckpt = cache.run_dir("triplet_run", run_key(p, d, which, cfg, start, **kw)) / "checkpoint.pt"
+    resumed = _torch.load(ckpt, weights_only=False)["step"] if ckpt.is_file() else 0
+    out = trained_run(p, d, which, cfg, start, cache, progress=False, **kw)
+    note = f"{name}: resumed from the checkpoint at step {resumed} of {cfg.steps} ({ckpt}); " if resumed else f"{name}: "
+    return note + f"{cfg.steps - resumed} steps trained in {out['wall_s']:.1f} s (a worker process)"
+
+
+def prefetch_runs(p, d: TripletData, start: dict, cache, jobs, workers: int = 2) -> int:
+    """Train every job (`notebook_runs`) missing from the cache in `workers` forked processes of one torch
+    thread each, storing each in the cache; the notebook's later `trained_run` calls then read them. Why: the
+    runs are independent, and a ResNet-18 step on 64 small images splits poorly over two threads (they wait for
+    each other at every layer), while one process per core keeps both busy. Returns how many were trained. A job
+    left half-way by a killed run resumes from its checkpoint in its worker (the parent says so). Nothing happens
+    with one worker, on a GPU, or with the cache disabled (VISUALSEARCH_NO_CACHE: a worker's result could not be
+    read back): the notebook's calls then train each run in turn."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from ...progress import bar, note
+
+    if int(workers) < 2 or str(p.device) != "cpu" or os.environ.get("VISUALSEARCH_NO_CACHE"):
+        return 0
+    todo = [j for j in jobs if not cache.has("triplet_run", run_key(p, d, j[0], j[1], start, **j[2]))]
+    if not todo:
+        return 0
+    # even one job left goes to a worker: a run's floats depend on its thread count, so every run of a CPU
+    # notebook trains at one thread whatever the cache already held
+    workers = min(int(workers), len(todo))
+    _WORKER.clear()
+    _WORKER.update(p=p, data=d, start=start, cache=cache, threads=1)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_worker_run, j) for j in todo]
+            with bar(total=len(futures), desc=f"training {len(todo)} runs ({workers} processes, 1 thread each)",
+                     unit="run") as finished:
+                for fut in as_completed(futures):
+                    line = fut.result()
+                    cache.misses.append("triplet_run")  # computed in this session (by a worker)
+                    finished.update(1)
+                    note(line)
+    finally:
+        _WORKER.clear()
+    return len(todo)

@@ -130,6 +130,13 @@ def test_markdown_table_escapes_and_blanks():
     assert "x\\|y" in md and md.strip().endswith("| x\\|y |  |")
 
 
+def test_markdown_table_shows_counts_as_whole_numbers_and_scores_with_decimals():
+    md = markdown_table(pd.DataFrame({"R@1": [24.1667, 35.0], "trainable parameters": [452737.0, float("nan")],
+                                      "steps": [300.0, 150.0]}))
+    assert "| 24.167 | 452,737 | 300.000 |" in md  # whole numbers under 1,000 keep the table's format
+    assert "| 35.000 |  | 150.000 |" in md
+
+
 def test_git_state_is_dirty_for_code_changes_not_for_written_results(tmp_path):
     import subprocess
 

@@ -83,17 +83,25 @@ def device_description(device: str) -> str:
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table of `df` (no extra dependency); NaN shown as an empty cell."""
-    def cell(v):
+    """A GitHub markdown table of `df` (no extra dependency); NaN shown as an empty cell. Numbers get `floatfmt`,
+    except a column of counts (whole numbers, some of them 1,000 or more, e.g. trainable parameters), which is
+    shown as whole numbers with thousands separators."""
+    def is_counts(column: pd.Series) -> bool:
+        finite = pd.to_numeric(column, errors="coerce").dropna()
+        return (not finite.empty and column.map(lambda v: isinstance(v, (int, float))).all()
+                and (finite == finite.round()).all() and finite.abs().max() >= 1000)
+
+    def cell(v, counts: bool):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float):
-            return format(v, floatfmt)
+            return format(v, ",.0f" if counts else floatfmt)
         return str(v).replace("|", "\\|").replace("\n", " ")
 
     cols = [str(c) for c in df.columns]
+    counts = [is_counts(df.iloc[:, i]) for i in range(df.shape[1])]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, counts)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 

@@ -68,8 +68,7 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 30 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (roughly 10 minutes the first time on an idle 2-core CPU, an estimate from the runs' CPU seconds
-#   since the capacity control and the shorter ablations were added; under half a minute again with the result
+# - `default` (about 10 minutes the first time on an idle 2-core CPU; under a minute again with the result
 #   cache warm; the committed run's own times are in
 #   `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's effects
 #   show, with the deviations stated above.

@@ -36,10 +36,9 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 45 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (roughly 8 minutes the first time on an idle 2-core CPU, an estimate from each stage's CPU time:
-#   the world and its images under half a minute, the trunk's pretraining about a minute and a half, the eight
-#   trainings, two at a time, about six minutes; under half a minute again with the result cache warm; the
-#   committed run's own times are in `results/run_times.json`): synthetic data at a size where the paper's effects
+# - `default` (about 10 minutes the first time on an idle 2-core CPU, most of it the eight trainings, two at a
+#   time; under a minute again with the result cache warm; the committed run's own times are in
+#   `results/run_times.json`): synthetic data at a size where the paper's effects
 #   show (ResNet-18 at 48 px, 150 steps per run).
 # - `paper` (meant for a GPU: about 55 hours on one H100-class GPU, from 8 trainings of 250k steps at a measured
 #   0.1 s per step, `scripts/tuning/triplet_gpu_sweep_h100.jsonl`): the real DeepFashion and SOP under `data_root`,

@@ -59,15 +59,17 @@ def test_cfq_paper_preset_on_the_published_layouts(tmp_path):
     data = tmp_path / "data"
     damaged = write_cfq_data_root(data)
     _trained_looking_clip(tmp_path / "clip")  # config.json + model.safetensors + tokenizer files, 32 px
+    _trained_looking_clip(tmp_path / "clip2", seed=8)  # the "other CLIP" whose text tower the mismatch control takes
     out = tmp_path / "out"
     wall = run_paper_preset("cfq_evaluation", data, out, [
         f"model.clip_path={tmp_path / 'clip'}", "model.image_size=32",   # the local CLIP's input size
+        f"model.mismatch_clip_path={tmp_path / 'clip2'}",
         "train.imfq.steps=2", "train.imfq.batch_size=8", "train.fiq.steps=3", "train.fiq.batch_size=8",
         "eval.imat_max_queries=20", "checkpoint_every=2"])
     results, figures = out / "results" / "cfq_evaluation", out / "figures" / "cfq_evaluation"
     grid = pd.read_csv(results / "experiment_grid.csv")
     assert (grid["preset"] == "paper").all() and grid["data"].str.contains("(real)", regex=False).all()
-    assert grid["method"].nunique() == 10  # every run of the grid, "VA, no pretraining, FIQ" included
+    assert grid["method"].nunique() == 13  # every run of the grid: the from-scratch arms and the controls included
     for name in ("cfq_by_threshold", "data_limited", "claims"):
         assert (results / f"{name}.csv").is_file(), name
     for name in ("judgment_histogram", "figure1_examples", "training_curves", "data_limited"):

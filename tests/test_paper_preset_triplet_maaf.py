@@ -92,6 +92,7 @@ def write_maaf_root(data: Path) -> None:
 MAAF_SETS = ["backbone=resnet18", "image_size=32", "threads=2", "model.dim=32", "model.heads=4", "model.ff_width=32",
              "dataset_model.css.ff_width=32", "train.batch_size=4", "curves_every=1",
              "examples=1", "steps={fashioniq: 2, css: 2, fashion200k: 2, birds_to_words: 2, spot_the_diff: 2}",
+             "ablation_steps=2",
              "lr_milestones={fashioniq: [1], css: [1], fashion200k: [1], birds_to_words: [1], spot_the_diff: [1]}"]
 
 

@@ -104,10 +104,6 @@ def timed(step, warmup: int, steps: int, device: str) -> list[float]:
     return times
 
 
-def time_steps(fusion: str, shape: str, batch: int, words: int, warmup: int, steps: int, device: str) -> list[float]:
-    return timed(our_step(fusion, shape, batch, words, device), warmup, steps, device)
-
-
 def side_by_side(args) -> None:
     """Ours and theirs at the same shapes, built once each, timed in alternating rounds (so that a change in the
     machine's load falls on both); the ratio is ours/theirs of the mean step time, per round and over all."""
@@ -121,7 +117,8 @@ def side_by_side(args) -> None:
         for fusion in args.models.split(","):
             ours = our_step(fusion, shape, args.batch, args.words, "cpu")
             theirs = authors_step(args.authors_code, fusion, shape, args.batch, args.words)
-            timed(ours, args.warmup, 0, "cpu"), timed(theirs, args.warmup, 0, "cpu")
+            timed(ours, args.warmup, 0, "cpu")  # warm-up only
+            timed(theirs, args.warmup, 0, "cpu")
             all_ours, all_theirs = [], []
             for r in range(args.rounds):
                 a, b = timed(ours, 0, args.steps, "cpu"), timed(theirs, 0, args.steps, "cpu")
@@ -164,7 +161,8 @@ def main(argv=None) -> None:
     print(f"{'shape':8s} {'model':16s} {'mean s/step':>11s} {'min':>7s} {'max':>7s} {'reference':>10s}")
     for shape in args.shapes.split(","):
         for fusion in args.models.split(","):
-            t = time_steps(fusion, shape, args.batch, args.words, args.warmup, args.steps, args.device)
+            t = timed(our_step(fusion, shape, args.batch, args.words, args.device), args.warmup, args.steps,
+                      args.device)
             ref = REFERENCE_S.get((shape, fusion))
             print(f"{shape:8s} {fusion:16s} {statistics.mean(t):11.3f} {min(t):7.3f} {max(t):7.3f} "
                   f"{(f'{ref:.1f}' if ref else '-'):>10s}", flush=True)

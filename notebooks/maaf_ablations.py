@@ -327,16 +327,16 @@ if "fashioniq" in data and p.ablations:
 # paper observes that words tend *not* to attend to the region they refer to; look for it here.
 
 # %%
-def trained_maaf(dataset, seed=p.seed):
+def from_maaf(dataset, fn, *args, seed=p.seed, **kwargs):
+    """fn(MAAF trained on `dataset` at `seed`, *args): cached, so a rerun that trains nothing runs no model."""
     run = next(r for r in runs if r.dataset == dataset and r.base == "MAAF" and r.spec.seed == seed)
-    return experiment.restore(run.cfg, data[dataset].vocab, seed, results[(dataset, run.name)].state)
+    return experiment.from_trained(cache, run, data, results, fn, *args, **kwargs)
 
 for dataset, group in (("css", "test"), ("fashioniq", "dress")):
     if dataset in data:
-        model = trained_maaf(dataset)
         for i in range(p.examples):
-            fig = figures.attention_figure(experiment.word_attention(model, data[dataset].eval[group], i * 7))
-            rep.figure(f"attention_{dataset}_{i}", fig, data=data[dataset].description)
+            att = from_maaf(dataset, experiment.word_attention, data[dataset].eval[group], i * 7)
+            rep.figure(f"attention_{dataset}_{i}", figures.attention_figure(att), data=data[dataset].description)
 
 # %% [markdown]
 # How much does a word that names a place ("topleft", "middlecenter", ...) attend to that place? The paper reads
@@ -352,7 +352,7 @@ for dataset, group in (("css", "test"), ("fashioniq", "dress")):
 # %%
 if "css" in data:
     maaf_seeds = sorted(r.spec.seed for r in runs if r.dataset == "css" and r.base == "MAAF" and r.keep_model)
-    places = {seed: experiment.place_attention_items(trained_maaf("css", seed), data["css"].eval["test"])
+    places = {seed: from_maaf("css", experiment.place_attention_items, data["css"].eval["test"], seed=seed)
               for seed in maaf_seeds}
     if any(len(v) for v in places.values()):
         display(rep.table("css_place_attention", tables.place_attention_rows(places), data=data["css"].description,
@@ -387,7 +387,7 @@ for dataset, group in (("fashioniq", "dress"), ("css", "test"), ("spot_the_diff"
     if dataset in data:
         n = len(data[dataset].eval[group].split.queries)
         picks = [int(i * n / (p.examples + 1)) for i in range(1, p.examples + 1)]
-        examples = experiment.retrieval_examples(trained_maaf(dataset), data[dataset].eval[group], picks, k=5)
+        examples = from_maaf(dataset, experiment.retrieval_examples, data[dataset].eval[group], picks, k=5)
         fig = figures.retrieval_figure(examples)
         rep.figure(f"retrieval_{dataset}", fig, data=data[dataset].description)
 

@@ -1,4 +1,6 @@
 """ImageStore: the one image container, in memory or decoded on request."""
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -38,3 +40,66 @@ def test_store_refuses_what_it_cannot_hold():
         ImageStore(4)
     with pytest.raises(ValueError, match="uint8"):
         ImageStore(4, torch.zeros(2, 3, 4, 4))
+
+
+def _write_images(folder, n=5, size=12):
+    paths = []
+    for i in range(n):
+        p = folder / f"im{i}.png"
+        Image.new("RGB", (size, size), (40 * i, 10, 200 - 30 * i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _decoder(paths, calls):
+    from visualsearch.data.images import load_image
+
+    def decode(i, log):
+        calls.append(i)
+        img = load_image(paths[i], log)
+        return None if img is None else to_uint8_tensor(img)
+    return decode
+
+
+def test_decode_all_keeps_order_skips_bad_images_and_reads_back_from_its_cache(tmp_path):
+    from visualsearch.data.errors import SkipLog
+    from visualsearch.data.images import decode_all
+
+    paths = _write_images(tmp_path)
+    (tmp_path / "im2.png").write_bytes(b"not a png")         # corrupt
+    paths.append(tmp_path / "gone.png")                      # missing
+    calls, skips = [], SkipLog()
+    pixels, kept = decode_all(paths, _decoder(paths, calls), 12, skips, {"r": 1}, tmp_path / "cache", threads=2)
+    assert kept.tolist() == [0, 1, 3, 4]
+    assert pixels.shape == (4, 3, 12, 12) and pixels.dtype == torch.uint8
+    assert pixels[2, 0, 0, 0] == 120                         # image 3's red channel: order follows the paths
+    assert skips.reasons == {"corrupt image": 1, "missing image": 1}
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    calls2, skips2 = [], SkipLog()                           # a second run: read back, nothing decoded
+    again, kept2 = decode_all(paths, _decoder(paths, calls2), 12, skips2, {"r": 1}, tmp_path / "cache")
+    assert calls2 == [] and torch.equal(again, pixels) and torch.equal(kept2, kept)
+    assert skips2.reasons == skips.reasons                   # the skips are counted again
+
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(paths[0])     # a changed image: decoded anew
+    os.utime(paths[0], ns=(1, 1))
+    calls3 = []
+    changed, _ = decode_all(paths, _decoder(paths, calls3), 12, SkipLog(), {"r": 1}, tmp_path / "cache")
+    assert sorted(calls3) == [0, 1, 2, 3, 4, 5] and changed[0, 0, 0, 0] == 1
+
+    calls4 = []                                              # another decoding (`how`): decoded anew
+    decode_all(paths, _decoder(paths, calls4), 12, SkipLog(), {"r": 2}, tmp_path / "cache")
+    assert len(calls4) == 6
+
+
+def test_decode_all_without_a_skip_log_raises_on_a_bad_image(tmp_path):
+    from visualsearch.data.images import decode_all, load_image
+
+    paths = _write_images(tmp_path, 2)
+    paths[1].write_bytes(b"broken")
+
+    def strict(i, log):
+        return to_uint8_tensor(load_image(paths[i]))         # no SkipLog: load_image raises, naming the file
+
+    with pytest.raises(OSError, match="im1.png"):
+        decode_all(paths, strict, 12)

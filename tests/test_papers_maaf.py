@@ -235,8 +235,8 @@ def test_run_resumes_from_its_cache_run_dir_exactly(css, tmp_path, monkeypatch):
     cache = mx.result_cache(tmp_path / "b")
     real, calls = mx.make_step_fn, {"n": 0}
 
-    def make_dying(loss="softmax"):
-        step = real(loss)
+    def make_dying(loss="softmax", precision="fp32", device="cpu"):
+        step = real(loss, precision, device)
 
         def dying(model, batch):
             calls["n"] += 1

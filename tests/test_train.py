@@ -186,3 +186,33 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     loss = r0["loss"]
     assert sum(loss[-10:]) < 0.5 * sum(loss[:10])
+
+
+def test_autocast_runs_products_in_bf16_only_when_asked_and_refuses_unknown_precisions():
+    from visualsearch.train import autocast, channels_last
+
+    conv = channels_last(torch.nn.Conv2d(3, 4, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    with autocast("cpu", "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert conv(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        autocast("cpu", "fp16")
+
+
+def test_float32_head_keeps_the_embedding_in_float32_under_bf16_autocast():
+    from visualsearch.models.embedding import EmbeddingConfig, EmbeddingNet
+    from visualsearch.train import autocast
+
+    torch.manual_seed(0)
+    net = EmbeddingNet(EmbeddingConfig("resnet18", 16)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), autocast("cpu", "bf16"):
+        e = net(x)
+    with torch.no_grad():
+        ref = net(x)
+    assert e.dtype == torch.float32
+    assert torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-6)  # normalised in float32
+    assert torch.nn.functional.cosine_similarity(e, ref).min() > 0.99  # the trunk's bf16 rounding only

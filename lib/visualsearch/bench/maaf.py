@@ -30,6 +30,7 @@ from visualsearch.models.blocks import stage_maps
 from visualsearch.models.fusion import build_model
 from visualsearch.models.maaf import MAAFConfig
 from visualsearch.models.text import Vocabulary
+from visualsearch.train import PRECISIONS, autocast, channels_last
 
 SHAPES = {
     "paper": dict(cfg=MAAFConfig(backbone="resnet50", image_size=224), size=224, frozen_maps=False),
@@ -49,12 +50,13 @@ def captions(batch: int, words: int, seed: int = 0) -> list[str]:
     return [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (words,), generator=g)) for _ in range(batch)]
 
 
-def our_step(fusion: str, shape: str, batch: int, words: int, device: str):
-    """A closure that runs one training step of our `fusion` model at `shape` on a fixed batch."""
+def our_step(fusion: str, shape: str, batch: int, words: int, device: str, precision: str = "fp32"):
+    """A closure that runs one training step of our `fusion` model at `shape` on a fixed batch, its forward
+    pass in `precision` as the notebook's training runs it (train.autocast, channels-last weights)."""
     spec = SHAPES[shape]
     torch.manual_seed(0)
     cfg = dataclasses.replace(spec["cfg"], fusion=fusion)
-    model = build_model(cfg, Vocabulary.build(WORDS)).to(device).train()
+    model = channels_last(build_model(cfg, Vocabulary.build(WORDS)).to(device).train())
     groups = model.param_groups(0.1)
     opt = torch.optim.SGD([{"params": g["params"], "lr": 0.01 * g["lr_scale"]} for g in groups], lr=0.01,
                           momentum=0.9, weight_decay=1e-6)
@@ -68,7 +70,9 @@ def our_step(fusion: str, shape: str, batch: int, words: int, device: str):
     loss_fn = BatchSoftmaxLoss()
 
     def step():
-        loss = loss_fn(model(source, texts, target))
+        with autocast(device, precision):
+            logits = model(source, texts, target).float()
+        loss = loss_fn(logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -105,30 +109,36 @@ def timed(step, warmup: int, steps: int, device: str) -> list[float]:
 
 
 def side_by_side(args) -> None:
-    """Ours and theirs at the same shapes, built once each, timed in alternating rounds (so that a change in the
-    machine's load falls on both); the ratio is ours/theirs of the mean step time, per round and over all."""
+    """Ours (at each of `--precision`) and theirs at the same shapes, built once each, timed in alternating rounds
+    (so that a change in the machine's load falls on all); the ratio is ours/theirs of the mean step time, per
+    round and over all. Their code runs in float32, as released."""
+    precisions = args.precision.split(",")
     print(f"ours beside the authors' code at {args.authors_code} (yahoo/maaf {AUTHORS_COMMIT}): "
-          f"{args.rounds} alternating rounds of {args.steps} steps after {args.warmup} warm-up steps each")
-    print(f"{'shape':8s} {'model':6s} {'round':>5s} {'ours s/step':>11s} {'theirs':>8s} {'ratio':>6s}")
+          f"{args.rounds} alternating rounds of {args.steps} steps after {args.warmup} warm-up steps each; "
+          f"ours at {', '.join(precisions)} (train.autocast, channels-last), theirs float32")
+    print(f"{'shape':8s} {'model':6s} {'ours at':>7s} {'round':>5s} {'ours s/step':>11s} {'theirs':>8s} {'ratio':>6s}")
     for shape in args.shapes.split(","):
         if SHAPES[shape]["frozen_maps"]:
             print(f"{shape:8s} skipped: the authors' code has no precomputed-maps mode")
             continue
         for fusion in args.models.split(","):
-            ours = our_step(fusion, shape, args.batch, args.words, "cpu")
+            ours = {pr: our_step(fusion, shape, args.batch, args.words, "cpu", pr) for pr in precisions}
             theirs = authors_step(args.authors_code, fusion, shape, args.batch, args.words)
-            timed(ours, args.warmup, 0, "cpu")  # warm-up only
-            timed(theirs, args.warmup, 0, "cpu")
-            all_ours, all_theirs = [], []
+            for step in (*ours.values(), theirs):
+                timed(step, args.warmup, 0, "cpu")  # warm-up only
+            all_ours, all_theirs = {pr: [] for pr in precisions}, []
             for r in range(args.rounds):
-                a, b = timed(ours, 0, args.steps, "cpu"), timed(theirs, 0, args.steps, "cpu")
-                all_ours += a
+                a = {pr: timed(step, 0, args.steps, "cpu") for pr, step in ours.items()}
+                b = timed(theirs, 0, args.steps, "cpu")
                 all_theirs += b
-                print(f"{shape:8s} {fusion:6s} {r + 1:5d} {statistics.mean(a):11.3f} {statistics.mean(b):8.3f} "
-                      f"{statistics.mean(a) / statistics.mean(b):6.2f}", flush=True)
-            print(f"{shape:8s} {fusion:6s} {'all':>5s} {statistics.mean(all_ours):11.3f} "
-                  f"{statistics.mean(all_theirs):8.3f} {statistics.mean(all_ours) / statistics.mean(all_theirs):6.2f}",
-                  flush=True)
+                for pr in precisions:
+                    all_ours[pr] += a[pr]
+                    print(f"{shape:8s} {fusion:6s} {pr:>7s} {r + 1:5d} {statistics.mean(a[pr]):11.3f} "
+                          f"{statistics.mean(b):8.3f} {statistics.mean(a[pr]) / statistics.mean(b):6.2f}", flush=True)
+            for pr in precisions:
+                print(f"{shape:8s} {fusion:6s} {pr:>7s} {'all':>5s} {statistics.mean(all_ours[pr]):11.3f} "
+                      f"{statistics.mean(all_theirs):8.3f} "
+                      f"{statistics.mean(all_ours[pr]) / statistics.mean(all_theirs):6.2f}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -144,7 +154,12 @@ def main(argv=None) -> None:
     ap.add_argument("--authors-code", metavar="DIR", default=None,
                     help=f"a checkout of yahoo/maaf at {AUTHORS_COMMIT}: time their model beside ours (CPU only)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --authors-code")
+    ap.add_argument("--precision", default="fp32,bf16",
+                    help=f"comma-separated among {', '.join(PRECISIONS)}: our training forward pass (train.autocast)")
     args = ap.parse_args(argv)
+    unknown = set(args.precision.split(",")) - set(PRECISIONS)
+    if unknown:
+        ap.error(f"--precision {args.precision}: {', '.join(sorted(unknown))} is not one of {', '.join(PRECISIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.authors_code:
@@ -158,11 +173,12 @@ def main(argv=None) -> None:
         return
     print(f"MAAF / TIRG training step, batch {args.batch}, {args.words}-word captions, {args.warmup} warm-up + "
           f"{args.steps} timed steps, device {args.device}, torch threads {torch.get_num_threads()}")
-    print(f"{'shape':8s} {'model':16s} {'mean s/step':>11s} {'min':>7s} {'max':>7s} {'reference':>10s}")
+    print(f"{'shape':8s} {'model':16s} {'ours at':>7s} {'mean s/step':>11s} {'min':>7s} {'max':>7s} {'reference':>10s}")
     for shape in args.shapes.split(","):
         for fusion in args.models.split(","):
-            t = timed(our_step(fusion, shape, args.batch, args.words, args.device), args.warmup, args.steps,
-                      args.device)
-            ref = REFERENCE_S.get((shape, fusion))
-            print(f"{shape:8s} {fusion:16s} {statistics.mean(t):11.3f} {min(t):7.3f} {max(t):7.3f} "
-                  f"{(f'{ref:.1f}' if ref else '-'):>10s}", flush=True)
+            for pr in args.precision.split(","):
+                t = timed(our_step(fusion, shape, args.batch, args.words, args.device, pr), args.warmup, args.steps,
+                          args.device)
+                ref = REFERENCE_S.get((shape, fusion))
+                print(f"{shape:8s} {fusion:16s} {pr:>7s} {statistics.mean(t):11.3f} {min(t):7.3f} {max(t):7.3f} "
+                      f"{(f'{ref:.1f}' if ref else '-'):>10s}", flush=True)

@@ -4,12 +4,20 @@ and `ImageStore`, the one container every paper keeps its decoded images in.
 An image is checked by decoding it completely, exactly as it will be loaded later (`Image.verify()` alone
 passes a half-written JPEG, whose decode then fails in the middle of a run): a reader that checked its images
 with `check_images` hands on only images that `load_image` can load, in streaming and in-memory mode alike.
+
+`decode_all` decodes every image of a split once, in threads, and keeps the decoded pixels in the cache
+(`.cache/decoded/`), keyed by how they were decoded and by every file's path, size and modification time: a
+second run of a notebook reads one file instead of decoding thousands of images again, and a changed, added or
+removed image decodes everything anew. The images it skipped are recorded with the pixels and counted again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -77,6 +85,72 @@ def check_images(paths, skips: SkipLog, threads: int | None = None) -> list[bool
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a uint8 tensor [3, H, W]."""
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+DECODED_VERSION = 1  # bump when the stored form of `decode_all`'s cache changes
+
+
+def _files_digest(paths, how: dict) -> str:
+    """Hash of `how` (the decoding: size, crop, reader) and of every file's path, size and mtime (a missing file
+    counts too): what a decoded split depends on."""
+    h = hashlib.sha256(json.dumps({"how": how, "version": DECODED_VERSION}, sort_keys=True, default=str).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+def decode_all(paths, decode: Callable[[int, SkipLog], torch.Tensor | None], size: int, skips: SkipLog | None = None,
+               how: dict | None = None, cache_dir=None, threads: int | None = None,
+               desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of `paths` decoded once: (uint8 pixels [K, 3, size, size], kept indices [K]) where
+    `decode(i, skips)` gives image i as uint8 [3, size, size], or None for an image it skipped (and recorded in
+    the SkipLog it was handed). Decoding runs in `threads` threads (PIL releases the GIL; default: one per core,
+    up to 8), with a progress bar labelled `desc`.
+
+    With `how` (a JSON-able description of the decoding: every parameter of `decode`) and `cache_dir`, the result
+    is read from `cache_dir/<digest>.pt` when there (digest: `how` and every file's path, size and mtime), else
+    computed and written there atomically (VISUALSEARCH_NO_CACHE=1: decoded anew); the images skipped are
+    replayed into `skips` either way."""
+    from .. import atomic
+    from ..progress import bar
+
+    paths = list(paths)
+    target = None
+    if how is not None and cache_dir is not None:
+        target = Path(cache_dir) / f"{_files_digest(paths, how)}.pt"
+        if target.is_file() and not os.environ.get("VISUALSEARCH_NO_CACHE"):
+            try:
+                stored = torch.load(target, weights_only=False)
+            except Exception:  # noqa: BLE001  (a damaged cache file is decoded anew, never trusted)
+                stored = None
+            if stored is not None:
+                if skips is not None:
+                    skips.merge(stored["skips"])
+                return stored["pixels"], stored["kept"]
+    def one(i):
+        log = SkipLog()  # one log per image, merged in path order below: the same examples whatever the threads did
+        return decode(i, log), log
+
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        decoded = list(bar(pool.map(one, range(len(paths))), total=len(paths), desc=desc or "", unit="img",
+                           disable=desc is None))
+    ordered = SkipLog()
+    for _, log in decoded:
+        if log.count:
+            ordered.merge(log)
+    kept = [i for i, (x, _) in enumerate(decoded) if x is not None]
+    pixels = torch.stack([decoded[i][0] for i in kept]) if kept else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    kept_t = torch.tensor(kept, dtype=torch.long)
+    if target is not None:
+        atomic.torch_save({"pixels": pixels, "kept": kept_t, "skips": ordered}, target)
+    if skips is not None:
+        skips.merge(ordered)
+    return pixels, kept_t
 
 
 class ImageStore:

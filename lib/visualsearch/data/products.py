@@ -32,15 +32,14 @@ from __future__ import annotations
 import colorsys
 import csv
 import dataclasses
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..forked import run_forked
 from .worlds import ensure_world
 
 # --------------------------------------------------------------------------------------------- vocabulary
@@ -562,8 +561,7 @@ def build_products(folder, params, workers: int | None = None) -> None:
     workers = max(1, min(int(workers), len(products)))
     chunks = [(cfg, products[i::workers], folder) for i in range(workers)]
     if workers > 1:  # every product's photos depend only on (seed, product id): the same files in any order
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            parts = list(pool.map(_render_products, chunks))
+        parts = run_forked(_render_products, chunks, workers, progress=False)
     else:
         parts = [_render_products(chunks[0])]
     by_id = {row[0]: row for part in parts for row in part}

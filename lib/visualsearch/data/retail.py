@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ..progress import bar
 from .errors import DataFormatError, SkipLog, require_dir
-from .images import check_images, load_image
+from .images import check_images, decode_all, load_image
 
 
 @dataclass
@@ -308,22 +308,23 @@ def image_to_uint8(img: Image.Image, size: int) -> torch.Tensor:
 
 
 def load_split_images(split: RetailSplit, size: int, use_boxes: bool = True, margin: float = 0.1,
-                      skips: SkipLog | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      skips: SkipLog | None = None, desc: str | None = None,
+                      cache_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of a split as one uint8 tensor [N, 3, size, size] (cropped around their boxes), for
     training and embedding small datasets from memory. Returns (images, kept index) so that an image that
-    fails to load here (skipped and counted) drops out of labels too. `desc`: a progress bar so labelled."""
-    out, kept = [], []
-    for i, p in enumerate(bar(split.paths, desc=desc or "", unit="img", disable=desc is None)):
-        img = load_image(p, skips)
+    fails to load here (skipped and counted) drops out of labels too. `desc`: a progress bar so labelled;
+    `cache_dir`: where the decoded split is kept for the next run (images.decode_all)."""
+    boxes = split.bboxes if use_boxes else [None] * len(split.paths)
+
+    def decode(i, log):
+        img = load_image(split.paths[i], log if skips is not None else None)  # no SkipLog: a bad image raises
         if img is None:
-            continue
-        if use_boxes:
-            img = crop_to_box(img, split.bboxes[i], margin)
-        out.append(image_to_uint8(img, size))
-        kept.append(i)
-    if not out:
-        return torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-    return torch.stack(out), torch.tensor(kept, dtype=torch.long)
+            return None
+        return image_to_uint8(crop_to_box(img, boxes[i], margin) if use_boxes else img, size)
+
+    how = {"reader": "retail.load_split_images", "size": size, "use_boxes": use_boxes, "margin": margin,
+           "boxes": [list(b) if b is not None else None for b in boxes]}
+    return decode_all(split.paths, decode, size, skips, how, cache_dir, desc=desc)
 
 
 class RetailDataset(Dataset):

@@ -71,9 +71,17 @@ def load_imagenet_trunk(trunk: Trunk, path) -> None:
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
 
 
+def float32_head(head, features: torch.Tensor) -> torch.Tensor:
+    """`head(features)` in float32 even inside a bf16 autocast region (train.autocast): only the trunk's
+    convolutions run in bf16; the head, the L2 normalisation and the logits keep float32 (a cosine in bf16 is
+    good to about 0.004, the size of small triplet-loss margins)."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
 class EmbeddingNet(nn.Module):
     """Trunk -> linear to `dim` -> L2 normalisation. `features(x)` gives the pooled trunk features (the
-    off-the-shelf baseline), `forward(x)` the unit embedding."""
+    off-the-shelf baseline), `forward(x)` the unit embedding (head and normalisation in float32, `float32_head`)."""
 
     def __init__(self, cfg: EmbeddingConfig | None = None):
         super().__init__()
@@ -94,7 +102,7 @@ class EmbeddingNet(nn.Module):
         return self.trunk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.trunk(x)), dim=1)
+        return float32_head(lambda f: F.normalize(self.head(f), dim=1), self.trunk(x))
 
 
 class AttributeClassifier(nn.Module):
@@ -108,7 +116,7 @@ class AttributeClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.trunk(x)
-        return {name: head(f) for name, head in self.heads.items()}
+        return {name: float32_head(head, f) for name, head in self.heads.items()}
 
     def loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         logits = self(x)

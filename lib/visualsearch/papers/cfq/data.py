@@ -24,9 +24,9 @@ from ... import progress as prog
 from ...data import imaterialist as imat
 from ...data.cfq import CFQData, CFQWorldConfig, cfq_world, read_cfq
 from ...data.errors import SkipLog
-from ...data.images import ImageStore, load_image, to_uint8_tensor
+from ...data.images import ImageStore, decode_all, load_image, to_uint8_tensor
 from ...data.text_feedback import FIQ_JOIN, read_fashion_iq
-from ...data.worlds import fingerprint_dir
+from ...data.worlds import cache_root, fingerprint_dir
 from ...models.clip import clip_settings
 
 
@@ -61,9 +61,10 @@ class ImageIndex:
             out.append(self.index[p])
         return out
 
-    def decode(self, i: int) -> torch.Tensor:
-        """Image i as uint8 [3, size, size] (black when it cannot be read)."""
-        im = load_image(self.paths[i], self.skips)
+    def decode(self, i: int, skips: SkipLog | None = None) -> torch.Tensor:
+        """Image i as uint8 [3, size, size] (black when it cannot be read, recorded in `skips`, by default the
+        index's own SkipLog; without one a bad image raises)."""
+        im = load_image(self.paths[i], skips if skips is not None else self.skips)
         if im is None:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         if im.size != (self.size, self.size):
@@ -75,9 +76,11 @@ class ImageIndex:
             if len(self.paths) > self.preload_limit:
                 self._store = ImageStore(self.size, None, self.paths, decode=self.decode)
             else:
-                pixels = torch.zeros(len(self.paths), 3, self.size, self.size, dtype=torch.uint8)
-                for i in range(len(self.paths)):
-                    pixels[i] = self.decode(i)
+                # decoded once and kept in the cache for the next run (images.decode_all)
+                strict = self.skips is None  # no SkipLog: a bad image raises, naming the file
+                pixels, _ = decode_all(self.paths, lambda i, log: self.decode(i, None if strict else log), self.size,
+                                       self.skips, {"reader": "cfq.ImageIndex", "size": self.size},
+                                       cache_root() / "decoded")
                 self._store = ImageStore(self.size, pixels, self.paths)
         return self._store
 

@@ -69,6 +69,7 @@ from ... import progress as prog  # (`progress` and `stage` name a flag and trai
 from ...cache import ResultCache
 from ...evaluate import embed as embed_rows
 from ...evaluate import search
+from ...forked import run_forked, shared
 from ...losses import BatchSoftmaxLoss
 from ...models import clip as clipmod
 from ...samplers import UniformBatches
@@ -326,14 +327,10 @@ def misalign(clip: clipmod.DualEncoder, how: str, seed: int, other_state: dict |
 
 
 # Forked worker processes (`CFQExperiment._in_workers`) inherit the experiment, its data, the frozen backbone's
-# features and the text cache from the parent through this dict; each trains with `threads` torch threads and
-# stores its result in the cache, from which the parent then reads it.
-_WORKER: dict = {}
-
-
+# features and the text cache from the parent (`forked.shared()["exp"]`); each stores its result in the cache,
+# from which the parent then reads it.
 def _worker_setup() -> "CFQExperiment":
-    torch.set_num_threads(_WORKER["threads"])
-    exp = _WORKER["exp"]
+    exp = shared()["exp"]
     exp.progress = False  # progress is the parent's: one bar over finished jobs
     return exp
 
@@ -685,26 +682,12 @@ class CFQExperiment:
 
     # -- every run at once, on both cores
     def _in_workers(self, fn, items: list, desc: str) -> None:
-        """fn(item) for every item in `workers` forked processes (each storing its result in the cache); the
-        parent shows one bar over finished items. Forking shares what the parent holds (data, features, the
-        text cache) without copying it."""
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        workers = min(int(self.p["workers"]), len(items))
-        _WORKER.clear()
-        _WORKER.update(exp=self, threads=max(1, int(self.p["threads"]) or 1))
-        try:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                futures = [pool.submit(fn, item) for item in items]
-                with prog.bar(total=len(futures), desc=f"{desc} ({workers} processes)", unit="job",
-                              disable=not self.progress) as finished:
-                    for fut in as_completed(futures):
-                        fut.result()
-                        self.cache.misses.append("cfq_run")  # computed in this session (by a worker)
-                        finished.update(1)
-        finally:
-            _WORKER.clear()
+        """fn(item) for every item in `workers` forked processes of `threads` torch threads (each storing its
+        result in the cache); the parent shows one bar over finished items. Forking shares what the parent holds
+        (data, features, the text cache) without copying it."""
+        run_forked(fn, items, int(self.p["workers"]), shared=dict(exp=self), threads=max(1, int(self.p["threads"]) or 1),
+                   desc=desc, progress=self.progress,
+                   on_result=lambda item, _: self.cache.misses.append("cfq_run"))  # computed now (by a worker)
 
     def jobs(self, seeded_runs=()) -> list[tuple]:
         """Every (run, FIQ share, training seed) the notebook trains: the grid's runs (`runs`), the runs of the

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict
+from functools import partial
 
 import pandas as pd
 import torch
@@ -34,11 +35,12 @@ import torch.nn.functional as F
 from ...cache import ResultCache
 from ...data.images import ImageStore
 from ...evaluate import embed, search
+from ...forked import run_forked, shared
 from ...models.face import (FaceNetConfig, FaceTrunk, FrozenPrefixNet, IdentityNet, MultiHeadFaceNet, ProbeBranch,
                             make_branch, prepare_images, probe_patch)
 from ...progress import bar
 from ...seeding import seed_everything, step_seed
-from ...train import TrainConfig, train
+from ...train import TrainConfig, autocast, train
 from .data import ATTRIBUTES, FaceData, FaceSplit
 
 # Centre of each FairFace age bin in years, for age MAE from bin predictions; "more than 70" is taken as 70-85.
@@ -70,19 +72,6 @@ def _model_input(x: torch.Tensor) -> torch.Tensor:
     to float rounding)."""
     x = prepare_images(x) if x.dtype == torch.uint8 else x
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device: str, precision: str):
-    """The training forward pass's numeric precision (the `precision` parameter): "bf16" runs convolutions and
-    matrix products in bfloat16 under torch.autocast (about 1.5x faster again on CPUs with AMX or AVX512-BF16;
-    weights, optimizer state, batch-norm statistics and the loss stay float32), "fp32" is plain float32.
-    Inference (features, predictions, scores) is always float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def fit_classifier(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, section: dict, seed: int,
@@ -293,14 +282,10 @@ def _job_key(trunk_key: dict, p, job: tuple) -> dict:
             "method": m, "depth": d, "seed": s, "keep_state": m == "finetune" and s == p["seeds"][0]}
 
 
-_WORKER: dict = {}  # what forked workers inherit: trunk, data, params, device, threads, and their own FeatureBank
-
-
 def _run_job(job: tuple, cache_root) -> None:
     """In a worker process: train one run (if not cached) and store it in the cache."""
-    w = _WORKER
-    torch.set_num_threads(w["threads"])
-    if "bank" not in w:
+    w = shared()
+    if "bank" not in w:  # each worker builds its own FeatureBank once, at its first job
         w["bank"] = FeatureBank(w["trunk"], w["data"], w["device"], w["p"]["finetune"]["feature_cache_mb"])
     d, a, m, s = job
     key = _job_key(w["trunk_key"], w["p"], job)
@@ -323,22 +308,11 @@ def run_grid(trunk: FaceTrunk, trunk_key: dict, data: FaceData, p, cache=None, d
     workers = int(p.get("parallel", {}).get("workers", 1))
     todo = [j for j in jobs if cache is None or not cache.path("face_finetune", _job_key(trunk_key, p, j)).is_file()]
     if todo and cache is not None and workers > 1 and device == "cpu":
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        import multiprocessing as mp
-
-        _WORKER.clear()
-        _WORKER.update(trunk=trunk, trunk_key=trunk_key, data=data, p=p, device=device,
-                       threads=int(p["parallel"]["threads_per_worker"]))
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_run_job, j, cache.root) for j in todo]
-            with bar(total=len(futures), desc=f"fine-tuning runs ({workers} processes)", unit="run",
-                     disable=not progress) as finished:
-                for f in as_completed(futures):
-                    f.result()
-                    cache.misses.append("face_finetune")  # computed in this session (by a worker): not a warm run
-                    finished.update(1)
-        _WORKER.clear()
-        todo = []
+        run_forked(partial(_run_job, cache_root=cache.root), todo, workers,
+                   shared=dict(trunk=trunk, trunk_key=trunk_key, data=data, p=p, device=device),
+                   threads=int(p["parallel"]["threads_per_worker"]), desc="fine-tuning runs", unit="run",
+                   progress=progress, on_result=lambda job, _: cache.misses.append("face_finetune"))
+        todo = []  # every run is in the cache now (a worker's is computed in this session: not a warm run)
     bank = FeatureBank(trunk, data, device, p["finetune"]["feature_cache_mb"])
     runs = {}
     for job in bar(jobs, desc="fine-tuning runs", unit="run", disable=not progress or not todo):

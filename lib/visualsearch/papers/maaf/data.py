@@ -11,10 +11,8 @@ worlds in those formats), each split's images decoded once into an `ImageStore`.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +25,11 @@ from PIL import Image
 from ...data import text_feedback as tf
 from ...data.errors import SkipLog
 from ...data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
-from ...data.images import ImageStore, load_image, to_uint8_tensor
+from ...data.images import ImageStore, decode_all, load_image, to_uint8_tensor
 from ...data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
 from ...data.text_feedback import FeedbackSplit
-from ...data.worlds import fingerprint_dir
+from ...data.worlds import cache_root, fingerprint_dir
+from ...forked import run_forked
 from ...models.text import Vocabulary
 from ...progress import bar
 
@@ -52,13 +51,16 @@ def square(img: Image.Image, size: int) -> Image.Image:
 
 def load_store(paths, size: int, skips: SkipLog | None = None) -> ImageStore:
     """All images of a split decoded once, in memory, as square crops (an unreadable image becomes grey,
-    counted in `skips`)."""
-    out = torch.full((len(paths), 3, size, size), 128, dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        img = load_image(p, skips if skips is not None else SkipLog())
-        if img is not None:
-            out[i] = to_uint8_tensor(square(img, size))
-    return ImageStore(size, out, paths)
+    counted in `skips`); the decoded split is kept in the cache for the next run (images.decode_all)."""
+    paths = list(paths)
+
+    def decode(i, log):
+        img = load_image(paths[i], log)
+        return to_uint8_tensor(square(img, size)) if img is not None else torch.full((3, size, size), 128, dtype=torch.uint8)
+
+    pixels, _ = decode_all(paths, decode, size, skips, {"reader": "maaf.load_store", "size": size},
+                           cache_root() / "decoded")
+    return ImageStore(size, pixels, paths)
 
 
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -200,11 +202,11 @@ def prepare_datasets(names, image_size: int, data_root=None, worlds: dict | None
     (separate processes: world drawing and image decoding are single-threaded Python); a bar over the
     datasets, shown by this process as they come back."""
     jobs = [(n, image_size, data_root, worlds, seed) for n in names]
-    bar_args = dict(total=len(jobs), desc="preparing datasets", unit="dataset", disable=not progress)
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            return dict(bar(zip(names, pool.map(_prepare_one, jobs)), **bar_args))
-    return {n: _prepare_one(j) for n, j in bar(zip(names, jobs), **bar_args)}
+        return dict(zip(names, run_forked(_prepare_one, jobs, workers, desc="preparing datasets", unit="dataset",
+                                          progress=progress)))
+    return {n: _prepare_one(j) for n, j in bar(zip(names, jobs), total=len(jobs), desc="preparing datasets",
+                                               unit="dataset", disable=not progress)}
 
 
 class MAAFData(Mapping):

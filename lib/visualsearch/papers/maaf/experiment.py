@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing as mp
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from ...cache import ResultCache, file_digest
 from ...data.scenes import COLUMNS, ROWS
 from ...data.worlds import cache_root
 from ...evaluate import Retrieval, embed, search
+from ...forked import run_forked, shared
 from ...losses import BatchSoftmaxLoss, SoftTripletLoss
 from ...models.blocks import ResNetTrunk
 from ...models.fusion import build_model
@@ -51,7 +51,7 @@ from ...models.text import Vocabulary, tokenize
 from ...progress import bar, note
 from ...samplers import UniformBatches
 from ...seeding import step_seed
-from ...train import TrainConfig, identity_of, train
+from ...train import TrainConfig, autocast, channels_last, identity_of, train
 from .data import PreparedDataset, SplitInputs, eval_queries, normalize_pixels
 from .pretrain import pretrain_trunk
 
@@ -71,10 +71,12 @@ class FrozenMaps:
 
     @classmethod
     def compute(cls, trunk: ResNetTrunk, store, stages, batch_size: int = 64,
-                device: str = "cpu") -> "FrozenMaps":
-        trunk = trunk.to(device).eval()
+                device: str = "cpu", precision: str = "fp32") -> "FrozenMaps":
+        """The maps of every image of `store`; `precision`: the trunk's forward pass (train.autocast, in
+        channels-last layout; "bf16" is the precision the runs train in, and 2x faster on AMX CPUs)."""
+        trunk = channels_last(trunk.to(device).eval())
         parts = {s: [] for s in stages}
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             for i in range(0, len(store), batch_size):
                 out = trunk(normalize_pixels(store.pixels[i:i + batch_size]).to(device))
                 for s in stages:
@@ -114,13 +116,14 @@ def make_batch_fn(groups: list[SplitInputs], batch_size: int, seed: int, augment
     return batch_fn
 
 
-def make_step_fn(loss: str = "softmax"):
+def make_step_fn(loss: str = "softmax", precision: str = "fp32", device: str = "cpu"):
     """step_fn(model, batch) -> (loss, {"batch_acc"}); `loss` is softmax (in-batch classification) or
-    soft_triplet."""
+    soft_triplet; the forward pass in `precision` (train.autocast), the logits and the loss in float32."""
     criterion = {"softmax": BatchSoftmaxLoss(), "soft_triplet": SoftTripletLoss()}[loss]
 
     def step_fn(model, batch):
-        logits = model(batch["source"], batch["texts"], batch["target"])
+        with autocast(device, precision):
+            logits = model(batch["source"], batch["texts"], batch["target"]).float()
         acc = (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean()
         return criterion(logits), {"batch_acc": float(acc)}
 
@@ -196,6 +199,7 @@ class TrainSpec:
     loss: str = "softmax"            # softmax | soft_triplet
     augment: bool = False            # the authors' crop/flip/noise augmentation (pixels only)
     seed: int = 0                    # model init, batches and dropout
+    precision: str = "fp32"          # the training forward pass: fp32 | bf16 (train.autocast; evaluation float32)
 
     def __post_init__(self):
         self.lr_milestones = tuple(self.lr_milestones)
@@ -279,7 +283,7 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
 
     def compute() -> RunResult:
         cpu0 = time.process_time()
-        model = build_seeded(cfg, vocab, spec.seed)
+        model = channels_last(build_seeded(cfg, vocab, spec.seed))
         tc = TrainConfig(steps=spec.steps, lr=spec.lr, optimizer="sgd", momentum=0.9, nesterov=False,
                          weight_decay=spec.weight_decay, lr_milestones=spec.lr_milestones, lr_gamma=0.1,
                          seed=spec.seed, progress=progress, device=device, log_every=max(1, spec.steps // 20),
@@ -290,7 +294,7 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
             def eval_fn(m, step):
                 return evaluate(m, eval_groups[curve_group], ks, device=device, maps_key=maps_key).percent()
         batch_fn = make_batch_fn(train_groups, spec.batch_size, spec.seed, spec.augment, maps_key)
-        result = train(model, make_step_fn(spec.loss), batch_fn, tc, run_dir=run_dir,
+        result = train(model, make_step_fn(spec.loss, spec.precision, device), batch_fn, tc, run_dir=run_dir,
                        param_groups=model.param_groups(spec.image_lr_scale), eval_fn=eval_fn, eval_every=eval_every)
         model = result.model
         evaluated = {k: evaluate_per_query(model, g, ks, device=device, maps_key=maps_key)
@@ -342,9 +346,6 @@ class Run:
         self.base = self.base or self.name
 
 
-_POOL_DATA: dict = {}
-
-
 def run_cost(run: Run) -> float:
     """Rough relative cost of a run (steps x per-step weight), to start the longest runs first."""
     weight = {"maaf": 4.0, "cross_attention": 4.0, "tirg_lastconv": 5.0}.get(run.cfg.fusion, 1.0)
@@ -353,16 +354,16 @@ def run_cost(run: Run) -> float:
 
 def _maps_one(job) -> list:
     """Maps of one frozen backbone for every split of one dataset (training splits first)."""
-    name, key, cfg, seed, stages, device = job
-    torch.set_num_threads(_POOL_DATA["__threads__"])
+    name, key, cfg, seed, stages, device, precision = job
     trunk = seeded_trunk(cfg, seed)
-    d = _POOL_DATA[name]
-    return [FrozenMaps.compute(trunk, g.store, stages, device=device) for g in [*d.train, *d.eval.values()]]
+    d = shared()["datasets"][name]
+    return [FrozenMaps.compute(trunk, g.store, stages, device=device, precision=precision)
+            for g in [*d.train, *d.eval.values()]]
 
 
 def _run_one(run: Run, ks, device, cache_root, progress: bool = False) -> RunResult:
-    d = _POOL_DATA[run.dataset]
-    torch.set_num_threads(_POOL_DATA["__threads__"])
+    """Train one run on the datasets the parent shared (`forked.shared()`; in-process too, see `run_all`)."""
+    d = shared()["datasets"][run.dataset]
     return run_experiment(run.name, run.cfg, run.spec, d.train, d.eval, d.vocab, d.fingerprint,
                           result_cache(cache_root), run.keep_model, device, progress, ks, run.eval_every,
                           run.curve_group, run.checkpoint_every)
@@ -389,16 +390,17 @@ def run_all(runs: list[Run], datasets, cache, ks=(1, 5, 10, 50), workers: int = 
         if r.cfg.backbone_frozen:
             run, stages = needed.get((r.dataset, backbone_key(r.cfg, r.spec.seed)), (r, {"4"}))
             needed[(r.dataset, backbone_key(r.cfg, r.spec.seed))] = (run, stages | set(r.cfg.token_layers))
-    _POOL_DATA.clear()
-    _POOL_DATA.update(datasets)
-    _POOL_DATA["__threads__"] = threads
-    jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device) for (name, key), (r, stages) in needed.items()]
-    bar_args = dict(total=len(jobs), desc="frozen backbone maps", unit="dataset", disable=not progress or not jobs)
-    if len(jobs) > 1 and workers > 1 and device == "cpu":  # each frozen backbone's maps, computed once
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            computed = list(bar(pool.map(_maps_one, jobs), **bar_args))
+    jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device, r.spec.precision)
+            for (name, key), (r, stages) in needed.items()]
+    forking = workers > 1 and device == "cpu"
+    if len(jobs) > 1 and forking:  # each frozen backbone's maps, computed once
+        computed = run_forked(_maps_one, jobs, workers, shared=dict(datasets=datasets), threads=threads,
+                              desc="frozen backbone maps", unit="dataset", progress=progress)
     else:
-        computed = [_maps_one(j) for j in bar(jobs, **bar_args)]
+        shared().update(datasets=datasets)
+        torch.set_num_threads(threads)
+        computed = [_maps_one(j) for j in bar(jobs, desc="frozen backbone maps", unit="dataset",
+                                              disable=not progress or not jobs)]
     for (name, key, *_), maps in zip(jobs, computed):
         for g, m in zip([*datasets[name].train, *datasets[name].eval.values()], maps):
             g.maps[key] = m
@@ -408,16 +410,16 @@ def run_all(runs: list[Run], datasets, cache, ks=(1, 5, 10, 50), workers: int = 
         trained[(r.dataset, r.name)] = result
         note(f"{r.name} on {r.dataset}: {r.spec.steps} steps trained in {result.wall_s:.1f} s", disable=not progress)
 
-    if todo and workers > 1 and device == "cpu":
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            longest_first = sorted(todo, key=lambda r: -run_cost(r))
-            futures = {pool.submit(_run_one, r, ks, device, cache.root): r for r in longest_first}
-            for fut in bar(as_completed(futures), total=len(futures), desc=f"training runs ({workers} processes)",
-                           unit="run", disable=not progress):
-                finished(futures[fut], fut.result())
+    if todo and forking:
+        run_forked(partial(_run_one, ks=ks, device=device, cache_root=cache.root), sorted(todo, key=lambda r: -run_cost(r)),
+                   workers, shared=dict(datasets=datasets), threads=threads, desc="training runs", unit="run",
+                   progress=progress, on_result=finished)
     else:
+        shared().update(datasets=datasets)
+        torch.set_num_threads(threads)
         for r in bar(todo, desc="training runs", unit="run", disable=not progress or not todo):
             finished(r, _run_one(r, ks, device, cache.root, progress))
+    shared().clear()
     cache.misses += [cache_name(r.name) for r in todo]
     results = {}
     for r in runs:  # in plan order; the ones not trained now come from the cache
@@ -426,6 +428,33 @@ def run_all(runs: list[Run], datasets, cache, ks=(1, 5, 10, 50), workers: int = 
             r.name, r.cfg, r.spec, d.train, d.eval, d.vocab, d.fingerprint, cache, r.keep_model, device, False, ks,
             r.eval_every, r.curve_group, r.checkpoint_every)
     return results
+
+
+# ------------------------------------------------------------------ what the figures need from a trained model
+
+def trained_model(run: Run, datasets, results: dict):
+    """The trained model of `run` (a kept run: `Run.keep_model`), restored from its cached weights."""
+    result = results[(run.dataset, run.name)]
+    if result.state is None:
+        raise ValueError(f"run {run.name!r} on {run.dataset} kept no weights (Run.keep_model is False)")
+    return restore(run.cfg, datasets[run.dataset].vocab, run.spec.seed, result.state)
+
+
+def from_trained(cache, run: Run, datasets, results: dict, fn, *args, **kwargs):
+    """fn(trained model of `run`, *args, **kwargs), e.g. `word_attention(model, group, 7)`: what a figure or a
+    claim reads off a trained model, cached under the run (its configuration, training and data) and the call,
+    so that a rerun that retrains nothing also runs no model to redraw its figures. `fn` is one of this module's
+    functions; the arguments are described in the key by their repr (a SplitInputs by its split's name)."""
+    def described(x):
+        if isinstance(x, SplitInputs):
+            return f"split {x.split.dataset}/{x.split.split}/{x.split.category} of {len(x.split.queries)} queries"
+        return repr(x)
+
+    key = {"run": run.name, "dataset": run.dataset, "cfg": asdict(run.cfg), "spec": asdict(run.spec),
+           "data": datasets[run.dataset].fingerprint, "fn": fn.__name__, "args": [described(a) for a in args],
+           "kwargs": {k: described(v) for k, v in sorted(kwargs.items())}}
+    return cache.get_or_compute(f"maaf-view-{fn.__name__}", key,
+                                lambda: fn(trained_model(run, datasets, results), *args, **kwargs))
 
 
 # --------------------------------------------------------------------------------- the notebook's plan
@@ -448,7 +477,8 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
                                     "'none'; nothing is downloaded)")
         return str(path)
     pre = dict(p.pretrain)
-    key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre, "device": str(p.device)}
+    key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre, "device": str(p.device),
+           "precision": p.precision}
     # Nothing else of the notebook runs during this step, so on the CPU it takes the cores the training runs
     # will take (`workers` x `threads`), not one worker's share: it was a minute on one core of two (issue 17).
     threads = torch.get_num_threads()
@@ -458,7 +488,7 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
             p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
             progress, run_dir=cache.run_dir("maaf-backbone-pretraining", key), checkpoint_every=p.checkpoint_every,
-            identity=identity_of("maaf-backbone-pretraining", key)))
+            identity=identity_of("maaf-backbone-pretraining", key), precision=p.precision))
     finally:
         torch.set_num_threads(threads)
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
@@ -482,7 +512,7 @@ def train_spec(p, dataset: str, **changes) -> TrainSpec:
     changes.setdefault("seed", p.seed)
     return TrainSpec(batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
                      weight_decay=t["weight_decay"], lr_milestones=tuple(p.lr_milestones[dataset]),
-                     augment=dataset in p.augment and not p.backbone_frozen, **changes)
+                     augment=dataset in p.augment and not p.backbone_frozen, precision=p.precision, **changes)
 
 
 def longer_tirg_name(p) -> str:

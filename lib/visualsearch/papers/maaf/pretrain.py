@@ -7,6 +7,7 @@ and the SGD momentum both change every step), so it resumes like every other tra
 """
 from __future__ import annotations
 
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from ...data.products import CATEGORIES, render_photo, sample_product, sample_vi
 from ...models.blocks import ResNetTrunk
 from ...progress import stage
 from ...seeding import step_seed
-from ...train import TrainConfig, identity_of, train
+from ...train import TrainConfig, autocast, channels_last, identity_of, train
 from .data import augment
 
 ATTRIBUTE_HEADS = ("category", "colour", "pattern", "sleeve", "length", "neckline")
@@ -44,7 +45,8 @@ def attribute_photos(n: int, image_size: int, seed: int):
 
 def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 300, n_photos: int = 4000,
                    batch_size: int = 64, lr: float = 0.05, seed: int = 0, device: str = "cpu",
-                   progress: bool = False, run_dir=None, checkpoint_every: int = 0, identity: str = "") -> dict:
+                   progress: bool = False, run_dir=None, checkpoint_every: int = 0, identity: str = "",
+                   precision: str = "fp32") -> dict:
     """Train a ResNet to classify product attributes from photos and return its torchvision-style state
     dict (what `MAAFConfig.backbone_weights` loads): the embedded default's stand-in for ImageNet weights,
     so that, as in the paper, the backbone arrives with useful features. Returns also the final running
@@ -52,11 +54,12 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
 
     Trained by train.train (SGD, momentum 0.9, weight decay 1e-4, a one-cycle schedule rising over the first
     20% of the steps), so it resumes from `run_dir` like every training here; each step's batch and
-    augmentation are drawn from a generator seeded by the step, nothing else is random."""
+    augmentation are drawn from a generator seeded by the step, nothing else is random. `precision`: the trunk's
+    forward pass (train.autocast, channels-last layout); the heads and the loss stay float32."""
     torch.manual_seed(seed)
     with stage(f"drawing {n_photos} product photos for backbone pretraining", disable=not progress):
         pixels, targets, classes = attribute_photos(n_photos, image_size, seed)
-    trunk = ResNetTrunk(arch).to(device)
+    trunk = channels_last(ResNetTrunk(arch).to(device))
     heads = torch.nn.ModuleDict({h: torch.nn.Linear(trunk.channels["4"], len(c)) for h, c in classes.items()}).to(device)
     net = torch.nn.ModuleDict({"trunk": trunk, "heads": heads})
     cfg = TrainConfig(steps=steps, lr=lr, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4,
@@ -69,7 +72,7 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
         idx = torch.randint(len(pixels), (batch_size,), generator=gen)
         return {"images": augment(pixels[idx], gen), "targets": {h: t[idx] for h, t in targets.items()}}
 
-    log = train(net, _attribute_step, batch_fn, cfg, run_dir=run_dir).log
+    log = train(net, partial(_attribute_step, precision=precision), batch_fn, cfg, run_dir=run_dir).log
     acc = {}
     for row in log.to_dict("records"):   # the running accuracies, as the loop before train.train kept them
         for h in heads:
@@ -86,10 +89,11 @@ def pretrain_trunk(arch: str = "resnet18", image_size: int = 64, steps: int = 30
     return out
 
 
-def _attribute_step(net, batch) -> tuple:
+def _attribute_step(net, batch, precision: str = "fp32") -> tuple:
     """Loss of one pretraining batch (the sum of the attribute heads' cross-entropies) and each head's batch
     accuracy."""
-    feats = net["trunk"](batch["images"])["4"].mean((2, 3))
+    with autocast(batch["images"].device, precision):
+        feats = net["trunk"](batch["images"])["4"].float().mean((2, 3))
     loss, metrics = 0.0, {}
     for h, head in net["heads"].items():
         logits = head(feats)

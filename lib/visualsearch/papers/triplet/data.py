@@ -15,7 +15,7 @@ from ...data.images import ImageStore, load_image
 from ...data.products import ProductsWorldConfig, products_world, read_attributes
 from ...data.retail import (RetailSplit, crop_to_box, image_to_uint8, load_split_images, read_consumer2shop,
                             read_inshop, read_sop)
-from ...data.worlds import fingerprint_dir
+from ...data.worlds import cache_root, fingerprint_dir
 from ...progress import stage
 
 
@@ -57,9 +57,11 @@ def split_decoder(split: RetailSplit, size: int, use_boxes: bool = True):
 def load_images(split: RetailSplit, size: int, use_boxes: bool = True, in_memory: bool = True,
                 skips=None, desc: str | None = None) -> ProductImages:
     """The ProductImages of `split`; in memory, images that fail to load are skipped and counted in `skips`
-    (`desc`: a progress bar so labelled while they load)."""
+    (`desc`: a progress bar so labelled while they load), and the decoded split is kept in the cache
+    (`.cache/decoded/`, images.decode_all) for the next run."""
     if in_memory:
-        images, kept = load_split_images(split, size, use_boxes=use_boxes, skips=skips, desc=desc)
+        images, kept = load_split_images(split, size, use_boxes=use_boxes, skips=skips, desc=desc,
+                                         cache_dir=cache_root() / "decoded")
         keep = kept.tolist()
         return ProductImages(ImageStore(size, images, [split.paths[i] for i in keep]),
                              torch.tensor(split.labels)[kept] if len(keep) else torch.zeros(0, dtype=torch.long),

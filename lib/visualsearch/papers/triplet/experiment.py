@@ -3,6 +3,7 @@ the cached runs the notebook calls. The result cache keys on this module's impor
 it holds no tables, figures or claims, so restyling those retrains nothing."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -11,13 +12,14 @@ import torch
 from ...cache import ResultCache, file_digest
 from ...data.augment import AugmentConfig, augment_batch, prepare_batch
 from ...evaluate import Retrieval, embed, search
+from ...forked import run_forked, shared
 from ...losses import (BatchAllTripletLoss, BatchHardTripletLoss, RandomTripletLoss,
                        ReleasedCodeBatchHardTripletLoss, SemiHardTripletLoss, pair_indices)
 from ...models.embedding import AttributeClassifier, EmbeddingConfig, EmbeddingNet
-from ...progress import stage
+from ...progress import note, stage
 from ...samplers import PairBatchSampler
 from ...seeding import step_seed
-from ...train import TrainConfig, identity_of, train
+from ...train import TrainConfig, autocast, channels_last, identity_of, train
 from .data import ProductImages, TripletData, attribute_targets, resolve
 
 # The loss of each method the tables compare (names are the tables' row labels' keys).
@@ -39,14 +41,15 @@ def result_cache(root=None) -> ResultCache:
 
 def pretrain_trunk(images: ProductImages, targets: dict, arch: str = "resnet18", steps: int = 200,
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu", progress: bool = False,
-                   run_dir=None, checkpoint_every: int = 0, identity: str = "") -> dict:
+                   run_dir=None, checkpoint_every: int = 0, identity: str = "", precision: str = "fp32") -> dict:
     """Train an AttributeClassifier (one head per target) on `images` with the paper's augmentation; return
     {"trunk": state dict, "log": DataFrame}. The stand-in for an ImageNet-pretrained trunk. `run_dir`:
     checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present (train.train);
-    `identity`: what is trained (TrainConfig.identity)."""
+    `identity`: what is trained (TrainConfig.identity); `precision`: of the trunk's forward pass (train.autocast;
+    the model in channels-last layout)."""
     classes = {k: int(v.max()) + 1 for k, v in targets.items()}
     torch.manual_seed(seed)
-    model = AttributeClassifier(arch, classes)
+    model = channels_last(AttributeClassifier(arch, classes))
     n = len(images)
 
     dev = torch.device(device)
@@ -60,7 +63,8 @@ def pretrain_trunk(images: ProductImages, targets: dict, arch: str = "resnet18",
 
     def step_fn(m, batch):
         x, t = batch
-        return m.loss(x, t)
+        with autocast(device, precision):
+            return m.loss(x, t)
 
     cfg = TrainConfig(steps=steps, lr=lr, optimizer="adam", seed=seed, progress=progress, device=device,
                       desc="pretraining the trunk on attributes", checkpoint_every=checkpoint_every, identity=identity)
@@ -86,6 +90,7 @@ class RunConfig:
     dim: int = 512
     seed: int = 0
     augment: bool = True
+    precision: str = "fp32"               # the trunk's forward pass in training: fp32 | bf16 (train.autocast)
 
 
 def build_model(cfg: RunConfig, trunk_state: dict | None = None, weights_path: str | None = None) -> EmbeddingNet:
@@ -107,7 +112,7 @@ def train_embedding(images: ProductImages, cfg: RunConfig, trunk_state: dict | N
     the loss statistics per step and eval_fn's metrics every eval_every steps); `desc` labels the bar.
     `run_dir`: checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present;
     `identity`: what is trained (TrainConfig.identity: model, loss and data), checked against a checkpoint."""
-    model = build_model(cfg, trunk_state, weights_path)
+    model = channels_last(build_model(cfg, trunk_state, weights_path))
     sampler = PairBatchSampler(images.labels, cfg.num_pairs, seed=cfg.seed, categories=images.categories,
                                single_category_prob=cfg.single_category_prob)
     loss_fn = LOSSES[cfg.method](cfg.margin)
@@ -125,7 +130,8 @@ def train_embedding(images: ProductImages, cfg: RunConfig, trunk_state: dict | N
 
     def step_fn(m, batch):
         x, labels = batch
-        emb = m(x)
+        with autocast(device, cfg.precision):
+            emb = m(x)  # the trunk in cfg.precision; head and normalisation in float32 (models.embedding)
         return loss_fn(emb, labels, anchors.to(emb.device), positives.to(emb.device))
 
     groups = [{"params": model.trunk.parameters(), "lr_scale": cfg.trunk_lr_scale},
@@ -140,14 +146,17 @@ def train_embedding(images: ProductImages, cfg: RunConfig, trunk_state: dict | N
 # ----------------------------------------------------------------------------------------- evaluation
 
 def embed_images(model, images: ProductImages, features: bool = False, batch_size: int = 256, device: str = "cpu",
-                 index=None) -> torch.Tensor:
+                 index=None, precision: str = "fp32") -> torch.Tensor:
     """Unit embeddings [N, D] of `images` (or of `index` into them), by evaluate.embed; `features=True` gives
-    the L2-normalised pooled trunk features (the off-the-shelf baseline)."""
+    the L2-normalised pooled trunk features (the off-the-shelf baseline). `precision`: the trunk's, as in
+    training (train.autocast: a bf16-trained trunk is evaluated as it was trained, and twice as fast); the head,
+    normalisation and similarities are float32."""
     model.eval()
     forward = model.features if features else model
 
     def fn(idx):
-        return forward(prepare_batch(images.store.get(idx), images.size).to(device))
+        with autocast(device, precision):
+            return forward(prepare_batch(images.store.get(idx), images.size).to(device)).float()
 
     return embed(fn, len(images) if index is None else index, batch_size)
 
@@ -190,14 +199,14 @@ def trunk_weights(p, d: TripletData, cache) -> dict:
         raise ValueError("model.weights 'pretrained' trains on the synthetic world's attribute labels; with real "
                          "data use 'imagenet' and a local weights file")
     key = {"arch": p.model.arch, "size": p.model.input_size, "pretrain": p.pretrain.to_dict(), "seed": p.seed,
-           **data_key(p, d)}
+           "precision": p.precision, **data_key(p, d)}
 
     def compute():
         targets = attribute_targets(d.sop_train.item_ids, d.attributes)
         out = pretrain_trunk(d.sop_train, targets, p.model.arch, p.pretrain.steps, p.pretrain.batch_size,
                              p.pretrain.lr, p.seed, p.device, progress=True,
                              run_dir=cache.run_dir("triplet_pretrain", key), checkpoint_every=p.checkpoint_every,
-                             identity=identity_of("triplet_pretrain", key))
+                             identity=identity_of("triplet_pretrain", key), precision=p.precision)
         return {"trunk": out["trunk"], "weights_path": None, "log": out["log"]}
 
     return cache.get_or_compute("triplet_pretrain", key, compute)
@@ -215,17 +224,18 @@ def run_config(p, **changes) -> RunConfig:
     return RunConfig(**{**dict(method="batch_hard", single_category_prob=0.0, steps=t.steps, num_pairs=t.num_pairs,
                                  margin=t.margin, lr=t.lr, lr_milestones=tuple(t.lr_milestones),
                                  trunk_lr_scale=t.trunk_lr_scale, arch=p.model.arch, dim=p.model.dim, seed=p.seed,
-                                 augment=t.augment), **changes})
+                                 augment=t.augment, precision=p.precision), **changes})
 
 
 def off_the_shelf(p, d: TripletData, start: dict, which: str, cache) -> dict:
     """Pooled trunk features of the starting trunk (no metric learning): query and gallery embeddings."""
-    key = {"which": which, "arch": p.model.arch, "start": _start_key(start, p), **data_key(p, d)}
+    key = {"which": which, "arch": p.model.arch, "start": _start_key(start, p), "precision": p.precision,
+           **data_key(p, d)}
 
     def compute():
         model = build_model(run_config(p), start["trunk"], start["weights_path"]).to(p.device)
         with stage(f"off-the-shelf features: embedding the {which} test images"):
-            return _embed_sets(model, d, which, p.device, features=True)
+            return _embed_sets(model, d, which, p.device, features=True, precision=p.precision)
 
     return cache.get_or_compute("triplet_off_the_shelf", key, compute)
 
@@ -233,17 +243,17 @@ def off_the_shelf(p, d: TripletData, start: dict, which: str, cache) -> dict:
 def _start_key(start, p):
     path = start.get("weights_path")
     key = {"weights": p.model.weights, "path": path,
-           "pretrain": p.pretrain.to_dict() if p.model.weights == "pretrained" else None}
+           "pretrain": {**p.pretrain.to_dict(), "precision": p.precision} if p.model.weights == "pretrained" else None}
     if path:  # the weights themselves, not only their file name
         key["weights_sha256"] = file_digest(path)
     return key
 
 
-def _embed_sets(model, d: TripletData, which: str, device, features=False) -> dict:
+def _embed_sets(model, d: TripletData, which: str, device, features=False, precision: str = "fp32") -> dict:
     if which == "inshop":
-        return {"query": embed_images(model, d.inshop_query, features, device=device),
-                "gallery": embed_images(model, d.inshop_gallery, features, device=device)}
-    e = embed_images(model, d.sop_test, features, device=device)
+        return {"query": embed_images(model, d.inshop_query, features, device=device, precision=precision),
+                "gallery": embed_images(model, d.inshop_gallery, features, device=device, precision=precision)}
+    e = embed_images(model, d.sop_test, features, device=device, precision=precision)
     return {"query": e, "gallery": e}
 
 
@@ -269,7 +279,7 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
             labels = d.sop_test.labels[sub]
 
             def ev(model, step):
-                e = embed_images(model, d.sop_test, device=p.device, index=sub)
+                e = embed_images(model, d.sop_test, device=p.device, index=sub, precision=cfg.precision)
                 return {"R@1": search(e, e, labels, labels, (1,), exclude="self").recall[1]}
 
         name = (f"{which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
@@ -279,7 +289,8 @@ def trained_run(p, d: TripletData, which: str, cfg: RunConfig, start: dict, cach
                               desc=f"training {name}", run_dir=cache.run_dir("triplet_run", key),
                               checkpoint_every=p.checkpoint_every, identity=identity_of("triplet_run", key))
         with stage(f"{name}: embedding the test images"):
-            return {"log": res.log, "wall_s": res.wall_s, **_embed_sets(res.model, d, which, p.device)}
+            return {"log": res.log, "wall_s": res.wall_s,
+                    **_embed_sets(res.model, d, which, p.device, precision=cfg.precision)}
 
     return cache.get_or_compute("triplet_run", key, compute)
 
@@ -367,19 +378,14 @@ def notebook_runs(p, names=()) -> list[tuple[str, RunConfig, dict]]:
     return out
 
 
-_WORKER: dict = {}  # what forked workers read: (p, data, start, cache, threads), set by prefetch_runs
-
-
 def _worker_run(job) -> str:
     """Train one job in a forked worker; returns the line the parent shows for it (a worker shows nothing)."""
-    import torch as _torch
-    p, d, start, cache, threads = (_WORKER[k] for k in ("p", "data", "start", "cache", "threads"))
-    _torch.set_num_threads(threads)  # torch's pool does not survive fork; one thread per worker
+    p, d, start, cache = (shared()[k] for k in ("p", "data", "start", "cache"))
     which, cfg, kw = job
     name = (f"training {which} {cfg.method}" + (f" p={cfg.single_category_prob:g}" if which == "sop" else "")
             + (f" seed {cfg.seed}" if cfg.seed != p.seed else ""))
     ckpt = cache.run_dir("triplet_run", run_key(p, d, which, cfg, start, **kw)) / "checkpoint.pt"
-    resumed = _torch.load(ckpt, weights_only=False)["step"] if ckpt.is_file() else 0
+    resumed = torch.load(ckpt, weights_only=False)["step"] if ckpt.is_file() else 0
     out = trained_run(p, d, which, cfg, start, cache, progress=False, **kw)
     note = f"{name}: resumed from the checkpoint at step {resumed} of {cfg.steps} ({ckpt}); " if resumed else f"{name}: "
     return note + f"{cfg.steps - resumed} steps trained in {out['wall_s']:.1f} s (a worker process)"
@@ -387,38 +393,21 @@ def _worker_run(job) -> str:
 
 def prefetch_runs(p, d: TripletData, start: dict, cache, jobs, workers: int = 2) -> int:
     """Train every job (`notebook_runs`) missing from the cache in `workers` forked processes of one torch
-    thread each, storing each in the cache; the notebook's later `trained_run` calls then read them. Why: the
-    runs are independent, and a ResNet-18 step on 64 small images splits poorly over two threads (they wait for
-    each other at every layer), while one process per core keeps both busy. Returns how many were trained. A job
-    left half-way by a killed run resumes from its checkpoint in its worker (the parent says so). Nothing happens
-    with one worker, on a GPU, or with the cache disabled (VISUALSEARCH_NO_CACHE: a worker's result could not be
-    read back): the notebook's calls then train each run in turn."""
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from ...progress import bar, note
-
+    thread each (`forked.run_forked`), storing each in the cache; the notebook's later `trained_run` calls then
+    read them. A job left half-way by a killed run resumes from its checkpoint in its worker (the parent says
+    so). Nothing happens with one worker, on a GPU, or with the cache disabled (VISUALSEARCH_NO_CACHE: a
+    worker's result could not be read back): the notebook's calls then train each run in turn. Returns how many
+    were trained."""
     if int(workers) < 2 or str(p.device) != "cpu" or os.environ.get("VISUALSEARCH_NO_CACHE"):
         return 0
     todo = [j for j in jobs if not cache.has("triplet_run", run_key(p, d, j[0], j[1], start, **j[2]))]
-    if not todo:
-        return 0
+
+    def finished(job, line: str) -> None:
+        cache.misses.append("triplet_run")  # computed in this session (by a worker)
+        note(line)
+
     # even one job left goes to a worker: a run's floats depend on its thread count, so every run of a CPU
     # notebook trains at one thread whatever the cache already held
-    workers = min(int(workers), len(todo))
-    _WORKER.clear()
-    _WORKER.update(p=p, data=d, start=start, cache=cache, threads=1)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_worker_run, j) for j in todo]
-            with bar(total=len(futures), desc=f"training {len(todo)} runs ({workers} processes, 1 thread each)",
-                     unit="run") as finished:
-                for fut in as_completed(futures):
-                    line = fut.result()
-                    cache.misses.append("triplet_run")  # computed in this session (by a worker)
-                    finished.update(1)
-                    note(line)
-    finally:
-        _WORKER.clear()
+    run_forked(_worker_run, todo, workers, shared=dict(p=p, data=d, start=start, cache=cache), threads=1,
+               desc=f"training {len(todo)} runs", unit="run", on_result=finished)
     return len(todo)

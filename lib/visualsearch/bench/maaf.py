@@ -56,7 +56,9 @@ def our_step(fusion: str, shape: str, batch: int, words: int, device: str, preci
     spec = SHAPES[shape]
     torch.manual_seed(0)
     cfg = dataclasses.replace(spec["cfg"], fusion=fusion)
-    model = channels_last(build_model(cfg, Vocabulary.build(WORDS)).to(device).train())
+    model = build_model(cfg, Vocabulary.build(WORDS)).to(device).train()
+    if not spec["frozen_maps"]:  # as the notebook's runs: channels-last where the backbone sees pixels
+        channels_last(model)
     groups = model.param_groups(0.1)
     opt = torch.optim.SGD([{"params": g["params"], "lr": 0.01 * g["lr_scale"]} for g in groups], lr=0.01,
                           momentum=0.9, weight_decay=1e-6)

@@ -23,7 +23,7 @@ import torch
 
 from .errors import DataFormatError, SkipLog, require_dir, require_file
 from .face_labels import AGE_BINS, GENDERS, RACES, age_bin
-from .images import check_images, load_image
+from .images import check_images, decode_all, load_image
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprised", "neutral")  # FER2013 label order 0..6
 FER_USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -223,22 +223,27 @@ def read_identity_folders(root, skips: SkipLog | None = None, min_images: int = 
     return df[df["identity"].map(counts) >= min_images].reset_index(drop=True)
 
 
-def load_face_tensor(files, size: int, skips: SkipLog | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Load images as a uint8 tensor [N, 3, size, size] (resized with area averaging).
+def load_face_tensor(files, size: int, skips: SkipLog | None = None, cache_dir=None) -> tuple[torch.Tensor, np.ndarray]:
+    """Load images as a uint8 tensor [N, 3, size, size] (resized with area averaging), decoded in threads and,
+    with `cache_dir`, kept there for the next run (images.decode_all).
 
     Returns (images, kept): `kept` marks which files loaded; the others are skipped and counted in `skips`.
     """
-    out, kept = [], []
-    for f in files:
-        im = load_image(f, skips)
-        kept.append(im is not None)
-        if im is not None:
-            if im.size != (size, size):
-                im = im.resize((size, size), resample=2 if min(im.size) < size else 4)  # bilinear up, box down
-            out.append(np.asarray(im, dtype=np.uint8))
-    if not out:
-        return torch.zeros(0, 3, size, size, dtype=torch.uint8), np.array(kept, bool)
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous(), np.array(kept, bool)
+    files = [str(f) for f in files]
+
+    def decode(i, log):
+        im = load_image(files[i], log if skips is not None else None)  # no SkipLog: a bad image raises
+        if im is None:
+            return None
+        if im.size != (size, size):
+            im = im.resize((size, size), resample=2 if min(im.size) < size else 4)  # bilinear up, box down
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    images, kept = decode_all(files, decode, size, skips, {"reader": "face_readers.load_face_tensor", "size": size},
+                              cache_dir)
+    mask = np.zeros(len(files), bool)
+    mask[kept.numpy()] = True
+    return images.contiguous(), mask
 
 
 def grey_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:

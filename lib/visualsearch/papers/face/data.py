@@ -20,7 +20,7 @@ from ...data.face_readers import (FER_EMOTIONS, grey_to_tensor, load_face_tensor
                                   read_identity_folders)
 from ...data.faces import FacesWorldConfig, build_faces, world_params
 from ...data.images import ImageStore
-from ...data.worlds import ensure_world, fingerprint_dir
+from ...data.worlds import cache_root, ensure_world, fingerprint_dir
 
 ATTRIBUTES = ("age", "gender", "ethnicity", "emotion")
 
@@ -55,7 +55,7 @@ class FaceData:
 
 
 def _split_from_frame(df: pd.DataFrame, size: int, vocab: dict, skips: SkipLog, id_index: dict | None = None) -> FaceSplit:
-    images, kept = load_face_tensor(df["file"], size, skips)
+    images, kept = load_face_tensor(df["file"], size, skips, cache_root() / "decoded")
     df = df[kept].reset_index(drop=True)
     labels = {
         "age": torch.tensor(df["age_bin"].to_numpy(), dtype=torch.long),

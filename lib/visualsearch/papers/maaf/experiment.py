@@ -200,6 +200,7 @@ class TrainSpec:
     augment: bool = False            # the authors' crop/flip/noise augmentation (pixels only)
     seed: int = 0                    # model init, batches and dropout
     precision: str = "fp32"          # the training forward pass: fp32 | bf16 (train.autocast; evaluation float32)
+    maps_precision: str = "fp32"     # a frozen backbone's forward pass when its maps are computed once (run_all)
 
     def __post_init__(self):
         self.lr_milestones = tuple(self.lr_milestones)
@@ -283,7 +284,9 @@ def run_experiment(name: str, cfg: MAAFConfig, spec: TrainSpec, train_groups: li
 
     def compute() -> RunResult:
         cpu0 = time.process_time()
-        model = channels_last(build_seeded(cfg, vocab, spec.seed))
+        model = build_seeded(cfg, vocab, spec.seed)
+        if maps_key is None:  # on pixels the backbone's convolutions run faster channels-last; on the small maps
+            channels_last(model)  # of a frozen backbone (2x2 to 4x4) the layout is slower (TIRG on the last map)
         tc = TrainConfig(steps=spec.steps, lr=spec.lr, optimizer="sgd", momentum=0.9, nesterov=False,
                          weight_decay=spec.weight_decay, lr_milestones=spec.lr_milestones, lr_gamma=0.1,
                          seed=spec.seed, progress=progress, device=device, log_every=max(1, spec.steps // 20),
@@ -390,7 +393,7 @@ def run_all(runs: list[Run], datasets, cache, ks=(1, 5, 10, 50), workers: int = 
         if r.cfg.backbone_frozen:
             run, stages = needed.get((r.dataset, backbone_key(r.cfg, r.spec.seed)), (r, {"4"}))
             needed[(r.dataset, backbone_key(r.cfg, r.spec.seed))] = (run, stages | set(r.cfg.token_layers))
-    jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device, r.spec.precision)
+    jobs = [(name, key, r.cfg, r.spec.seed, sorted(stages), device, r.spec.maps_precision)
             for (name, key), (r, stages) in needed.items()]
     forking = workers > 1 and device == "cpu"
     if len(jobs) > 1 and forking:  # each frozen backbone's maps, computed once
@@ -478,7 +481,7 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         return str(path)
     pre = dict(p.pretrain)
     key = {"arch": p.backbone, "image_size": p.image_size, "seed": p.seed, **pre, "device": str(p.device),
-           "precision": p.precision}
+           "precision": p.backbone_precision}
     # Nothing else of the notebook runs during this step, so on the CPU it takes the cores the training runs
     # will take (`workers` x `threads`), not one worker's share: it was a minute on one core of two (issue 17).
     threads = torch.get_num_threads()
@@ -488,7 +491,7 @@ def backbone_weights_file(p, cache, progress: bool = False) -> str | None:
         state = cache.get_or_compute("maaf-backbone-pretraining", key, lambda: pretrain_trunk(
             p.backbone, p.image_size, pre["steps"], pre["photos"], pre["batch_size"], pre["lr"], p.seed, p.device,
             progress, run_dir=cache.run_dir("maaf-backbone-pretraining", key), checkpoint_every=p.checkpoint_every,
-            identity=identity_of("maaf-backbone-pretraining", key), precision=p.precision))
+            identity=identity_of("maaf-backbone-pretraining", key), precision=p.backbone_precision))
     finally:
         torch.set_num_threads(threads)
     path = cache_root() / "weights" / f"maaf-{p.backbone}-{p.image_size}-{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:12]}.pth"
@@ -512,7 +515,8 @@ def train_spec(p, dataset: str, **changes) -> TrainSpec:
     changes.setdefault("seed", p.seed)
     return TrainSpec(batch_size=t["batch_size"], lr=t["lr"], image_lr_scale=t["image_lr_scale"],
                      weight_decay=t["weight_decay"], lr_milestones=tuple(p.lr_milestones[dataset]),
-                     augment=dataset in p.augment and not p.backbone_frozen, precision=p.precision, **changes)
+                     augment=dataset in p.augment and not p.backbone_frozen, precision=p.precision,
+                     maps_precision=p.backbone_precision, **changes)
 
 
 def longer_tirg_name(p) -> str:

@@ -46,10 +46,12 @@ def pretrain_trunk(images: ProductImages, targets: dict, arch: str = "resnet18",
     {"trunk": state dict, "log": DataFrame}. The stand-in for an ImageNet-pretrained trunk. `run_dir`:
     checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present (train.train);
     `identity`: what is trained (TrainConfig.identity); `precision`: of the trunk's forward pass (train.autocast;
-    the model in channels-last layout)."""
+    in bf16 the model in channels-last layout)."""
     classes = {k: int(v.max()) + 1 for k, v in targets.items()}
     torch.manual_seed(seed)
-    model = channels_last(AttributeClassifier(arch, classes))
+    model = AttributeClassifier(arch, classes)
+    if precision == "bf16":  # oneDNN's bf16 convolutions are fastest channels-last; in fp32 at one thread, slower
+        channels_last(model)
     n = len(images)
 
     dev = torch.device(device)
@@ -112,7 +114,9 @@ def train_embedding(images: ProductImages, cfg: RunConfig, trunk_state: dict | N
     the loss statistics per step and eval_fn's metrics every eval_every steps); `desc` labels the bar.
     `run_dir`: checkpoints every `checkpoint_every` steps (0: at the end), resumed from when present;
     `identity`: what is trained (TrainConfig.identity: model, loss and data), checked against a checkpoint."""
-    model = channels_last(build_model(cfg, trunk_state, weights_path))
+    model = build_model(cfg, trunk_state, weights_path)
+    if cfg.precision == "bf16":  # oneDNN's bf16 convolutions are fastest channels-last; in fp32 at one thread, slower
+        channels_last(model)
     sampler = PairBatchSampler(images.labels, cfg.num_pairs, seed=cfg.seed, categories=images.categories,
                                single_category_prob=cfg.single_category_prob)
     loss_fn = LOSSES[cfg.method](cfg.margin)

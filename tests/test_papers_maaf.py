@@ -640,3 +640,31 @@ def test_the_cache_and_the_figures_key_on_the_right_code(tmp_path):
     for module in ("figures", "tables", "claims"):
         closure = {f.relative_to(lib).as_posix() for f in import_closure([f"visualsearch.papers.maaf.{module}"], lib)}
         assert not any(f.startswith("models/") or f == "train.py" or f.endswith("experiment.py") for f in closure), closure
+
+
+def test_from_trained_runs_the_model_once_and_reads_the_view_back(monkeypatch, tmp_path):
+    """What a figure reads off a trained model is cached under the run and the call: a rerun restores no model."""
+    from types import SimpleNamespace
+
+    from visualsearch.cache import ResultCache
+
+    restored = []
+    monkeypatch.setattr(mx, "restore", lambda cfg, vocab, seed, state: restored.append(seed) or f"model-{seed}")
+    run = mx.Run("MAAF", "css", mx.MAAFConfig(dim=8), mx.TrainSpec(steps=3, seed=4), keep_model=True)
+    datasets = {"css": SimpleNamespace(vocab=None, fingerprint="fp1")}
+    results = {("css", "MAAF"): SimpleNamespace(state={"w": 1})}
+    cache = ResultCache(tmp_path, code=mx.__name__)
+
+    def view(model, n, k=1):
+        return (model, n, k)
+
+    assert mx.from_trained(cache, run, datasets, results, view, 3, k=2) == ("model-4", 3, 2)
+    assert mx.from_trained(cache, run, datasets, results, view, 3, k=2) == ("model-4", 3, 2)
+    assert restored == [4]                                              # the second call read the cache
+    mx.from_trained(cache, run, datasets, results, view, 5, k=2)        # another call: computed
+    datasets["css"].fingerprint = "fp2"                                 # other data: computed
+    mx.from_trained(cache, run, datasets, results, view, 3, k=2)
+    assert restored == [4, 4, 4]
+    results[("css", "MAAF")].state = None
+    with pytest.raises(ValueError, match="kept no weights"):
+        mx.from_trained(cache, run, datasets, results, view, 9)

@@ -42,7 +42,7 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 40 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (about 5-6 minutes the first time on an idle 2-core CPU, under half a minute again with the result
+# - `default` (about 5 minutes the first time on an idle 2-core CPU, under half a minute again with the result
 #   cache warm; the committed run's own times are in `results/run_times.json`): synthetic faces at a size where the
 #   paper's effects show (40 px, 3 fine-tuning seeds). Training runs in channels-last layout with bfloat16 autocast
 #   (`precision: bf16`, about twice as fast on CPUs with AMX or AVX512-BF16; `overrides = {"precision": "fp32"}`

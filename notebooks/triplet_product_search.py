@@ -36,8 +36,8 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 45 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (about 10 minutes the first time on an idle 2-core CPU, most of it the eight trainings, two at a
-#   time; under a minute again with the result cache warm; the committed run's own times are in
+# - `default` (about 7 minutes the first time on an idle 2-core CPU, most of it the eight trainings, two at a
+#   time; under half a minute again with the result cache warm; the committed run's own times are in
 #   `results/run_times.json`): synthetic data at a size where the paper's effects
 #   show (ResNet-18 at 48 px, 150 steps per run).
 # - `paper` (meant for a GPU: about 55 hours on one H100-class GPU, from 8 trainings of 250k steps at a measured

@@ -189,9 +189,11 @@ def test_stopping_the_runner_stops_papermill_and_the_kernel(tmp_path, signal_nam
     import signal
     import time
 
+    # a cache of its own: with the suite's warm cache a smoke notebook can end before its workers are seen
+    env = dict(os.environ, VISUALSEARCH_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, "-m", "visualsearch.runner", "--preset", "smoke", "--only",
                              notebook, "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 90
     while time.time() < deadline and len(descendants(proc.pid)) < processes:  # papermill, kernel, workers
         time.sleep(0.2)

@@ -7,6 +7,7 @@ a fixed size in one theme; every file gets a provenance sidecar; every write is 
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -65,13 +66,19 @@ def git_state(root: Path | None = None) -> dict:
 
 
 def package_versions() -> dict:
+    """The versions of PACKAGES (read once per process: what a running process has imported does not change)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple:
     out = {"python": sys.version.split()[0]}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    return out
+    return tuple(out.items())
 
 
 def device_description(device: str) -> str:

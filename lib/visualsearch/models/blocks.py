@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------- fusion block
@@ -161,6 +160,9 @@ class ResNetTrunk(nn.Module):
         super().__init__()
         if arch not in STAGE_CHANNELS:
             raise ValueError(f"unknown backbone {arch!r}; expected one of {sorted(STAGE_CHANNELS)}")
+        import torchvision  # here, not at the top: it costs 1.3 s to import, and a notebook rerun whose results
+        # all come from the cache builds no ResNet (models/embedding.py does the same)
+
         net = getattr(torchvision.models, arch)(weights=None)
         if weights is not None:
             state = load_state_dict_file(weights)

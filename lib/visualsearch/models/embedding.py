@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,6 +38,8 @@ class Trunk(nn.Module):
 
     def __init__(self, arch: str = "resnet18"):
         super().__init__()
+        import torchvision  # here, not at the top: 1.3 s to import, and a rerun from the cache builds no trunk
+
         if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
             raise ValueError(f"unknown trunk '{arch}'; expected a torchvision resnet (resnet18, resnet50, ...)")
         net = getattr(torchvision.models, arch)(weights=None)

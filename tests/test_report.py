@@ -83,6 +83,16 @@ def test_figure_png_pdf_and_claims(tmp_path):
     assert "❌ A beats B" in index and "✅ C holds" in index and "figures/toy_nb/curve.png" in index
 
 
+def test_index_puts_the_last_cold_time_beside_a_warm_rerun(tmp_path):
+    summary = [{"notebook": "toy_nb", "status": "ok", "wall_s": 12.4, "preset": "default", "cache": "warm",
+                "cold_s": 266.2, "warm_s": 12.4},
+               {"notebook": "other_nb", "status": "ok", "wall_s": 300.0, "preset": "default", "cache": "trained",
+                "cold_s": 300.0}]
+    index = write_index(tmp_path, notebooks=[], summary=summary).read_text()
+    assert "| toy_nb | ok | default | 12 | warm | 266 | 12 |" in index
+    assert "| other_nb | ok | default | 300 | trained | 300 | not measured |" in index
+
+
 def test_smoke_claims_draw_no_verdict(rep, tmp_path):
     rep.check("A beats B", False, "A 0.1 vs B 0.2")
     claims = pd.read_csv(tmp_path / "results" / "toy_nb" / "claims.csv")

@@ -428,8 +428,14 @@ def write_index(out_dir, notebooks: list[str] | None = None, summary: list[dict]
              "Every table and figure of the last `./run_all.sh` run, grouped by paper. Each file has a "
              "`.provenance.json` sidecar (commit, parameters, seed, packages, device, data fingerprint).", ""]
     if summary:
-        lines += ["| notebook | status | wall time (s) | preset |", "|---|---|---|---|"]
-        lines += [f"| {s['notebook']} | {s['status']} | {s['wall_s']:.0f} | {s.get('preset', '')} |" for s in summary]
+        def seconds(s, key):
+            return f"{s[key]:.0f}" if isinstance(s.get(key), (int, float)) else "not measured"
+        # This run's time alone misleads after a warm rerun (seconds, not the minutes that training takes), so the
+        # last cold (trained) and warm (all from cache) times of the preset stand beside it.
+        lines += ["| notebook | status | preset | this run (s) | this run's cache | last cold run (s) | "
+                  "last warm run (s) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['notebook']} | {s['status']} | {s.get('preset', '')} | {s['wall_s']:.0f} | "
+                  f"{s.get('cache', '?')} | {seconds(s, 'cold_s')} | {seconds(s, 'warm_s')} |" for s in summary]
         lines.append("")
     for nb in names:
         lines += [f"## {nb}", ""]

@@ -422,11 +422,12 @@ def main(argv=None) -> int:
     warm = {r.notebook: _cache_was_warm(staging, [r]) for r in runs}
     written = {r.notebook: [p.name for p in r.written] for r in runs}
     publish(staging, target, names)
-    summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset} for r in runs]
-    write_index(target, summary=summary)
     times = {r.notebook: record_times(target, args.preset, r.notebook, r.wall_s, warm[r.notebook]) for r in runs}
     if sorted(names) == sorted(available()):
         times[ALL] = record_times(target, args.preset, ALL, total, warm=all(warm.values()))
+    summary = [{"notebook": r.notebook, "status": r.status, "wall_s": r.wall_s, "preset": args.preset,
+                "cache": "warm" if warm[r.notebook] else "trained", **times[r.notebook]} for r in runs]
+    write_index(target, summary=summary)
     shutil.rmtree(staging, ignore_errors=True)
 
     print("\nsummary")

@@ -92,6 +92,20 @@ def test_decode_all_keeps_order_skips_bad_images_and_reads_back_from_its_cache(t
     assert len(calls4) == 6
 
 
+def test_decode_all_keeps_no_copy_of_a_split_over_the_cache_limit(tmp_path, monkeypatch):
+    from visualsearch.data.images import decode_all
+
+    paths = _write_images(tmp_path, 3)
+    monkeypatch.setenv("VISUALSEARCH_DECODED_CACHE_GB", str(2 * 3 * 12 * 12 / 1024 ** 3))  # two images' worth
+    pixels, kept = decode_all(paths, _decoder(paths, []), 12, None, {"r": 1}, tmp_path / "cache")
+    assert kept.tolist() == [0, 1, 2] and not list((tmp_path / "cache").glob("*.pt"))
+    decode_all(paths[:2], _decoder(paths, []), 12, None, {"r": 1}, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1                               # within it: kept
+    monkeypatch.setenv("VISUALSEARCH_DECODED_CACHE_GB", "lots")
+    with pytest.raises(ValueError, match="VISUALSEARCH_DECODED_CACHE_GB"):
+        decode_all(paths, _decoder(paths, []), 12, None, {"r": 1}, tmp_path / "cache")
+
+
 def test_decode_all_without_a_skip_log_raises_on_a_bad_image(tmp_path):
     from visualsearch.data.images import decode_all, load_image
 

@@ -47,6 +47,20 @@ def test_image_store_crops_and_counts_missing(tmp_path):
     assert skips.reasons["missing image"] == 1
 
 
+def test_a_split_too_large_to_hold_is_read_on_request_with_the_same_pixels(tmp_path):
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a.png")
+    paths = [tmp_path / "a.png", tmp_path / "missing.png"]
+    held = md.load_store(paths, 16, SkipLog())
+    skips = SkipLog()
+    streamed = md.load_store(paths, 16, skips, max_bytes=3 * 16 * 16)   # room for one image: read on request
+    assert streamed.pixels is None and len(streamed) == 2
+    assert torch.equal(streamed.get([0, 1]), held.pixels)
+    assert skips.reasons["missing image"] == 1                           # counted when it was asked for
+    trunk = mx.seeded_trunk(TINY, 0)
+    assert all(torch.equal(a, b) for a, b in zip(mx.FrozenMaps.compute(trunk, streamed, ["4"], batch_size=1).maps.values(),
+                                                  mx.FrozenMaps.compute(trunk, held, ["4"]).maps.values()))
+
+
 def test_augment_is_reproducible_and_normalised():
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     a = md.augment(x, torch.Generator().manual_seed(3))

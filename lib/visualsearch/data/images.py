@@ -9,6 +9,8 @@ with `check_images` hands on only images that `load_image` can load, in streamin
 (`.cache/decoded/`), keyed by how they were decoded and by every file's path, size and modification time: a
 second run of a notebook reads one file instead of decoding thousands of images again, and a changed, added or
 removed image decodes everything anew. The images it skipped are recorded with the pixels and counted again.
+A split larger than `DECODED_CACHE_MAX_BYTES` decoded is not kept: at paper scale (Fashion200k at 224 px is
+about 30 GB of pixels) the copy would fill the disk, and decoding the JPEGs is what such a run costs anyway.
 """
 from __future__ import annotations
 
@@ -88,6 +90,19 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 DECODED_VERSION = 1  # bump when the stored form of `decode_all`'s cache changes
+# Largest decoded split `decode_all` keeps in the cache (bytes of pixels); $VISUALSEARCH_DECODED_CACHE_GB sets it.
+# The default preset's largest split is about 0.1 GB.
+DECODED_CACHE_MAX_BYTES = 2 * 1024 ** 3
+
+
+def decoded_cache_max_bytes() -> int:
+    env = os.environ.get("VISUALSEARCH_DECODED_CACHE_GB")
+    if env is None:
+        return DECODED_CACHE_MAX_BYTES
+    try:
+        return int(float(env) * 1024 ** 3)
+    except ValueError:
+        raise ValueError(f"VISUALSEARCH_DECODED_CACHE_GB must be a number of GB, got {env!r}") from None
 
 
 def _files_digest(paths, how: dict) -> str:
@@ -113,8 +128,8 @@ def decode_all(paths, decode: Callable[[int, SkipLog], torch.Tensor | None], siz
 
     With `how` (a JSON-able description of the decoding: every parameter of `decode`) and `cache_dir`, the result
     is read from `cache_dir/<digest>.pt` when there (digest: `how` and every file's path, size and mtime), else
-    computed and written there atomically (VISUALSEARCH_NO_CACHE=1: decoded anew); the images skipped are
-    replayed into `skips` either way."""
+    computed and written there atomically (VISUALSEARCH_NO_CACHE=1: decoded anew) unless larger than
+    `decoded_cache_max_bytes()`; the images skipped are replayed into `skips` either way."""
     from .. import atomic
     from ..progress import bar
 
@@ -122,6 +137,7 @@ def decode_all(paths, decode: Callable[[int, SkipLog], torch.Tensor | None], siz
     target = None
     if how is not None and cache_dir is not None:
         target = Path(cache_dir) / f"{_files_digest(paths, how)}.pt"
+        limit = decoded_cache_max_bytes()  # read first: a mistyped setting fails before the decoding, not after
         if target.is_file() and not os.environ.get("VISUALSEARCH_NO_CACHE"):
             try:
                 stored = torch.load(target, weights_only=False)
@@ -146,7 +162,7 @@ def decode_all(paths, decode: Callable[[int, SkipLog], torch.Tensor | None], siz
     kept = [i for i, (x, _) in enumerate(decoded) if x is not None]
     pixels = torch.stack([decoded[i][0] for i in kept]) if kept else torch.zeros(0, 3, size, size, dtype=torch.uint8)
     kept_t = torch.tensor(kept, dtype=torch.long)
-    if target is not None:
+    if target is not None and pixels.numel() <= limit:
         atomic.torch_save({"pixels": pixels, "kept": kept_t, "skips": ordered}, target)
     if skips is not None:
         skips.merge(ordered)

@@ -49,15 +49,22 @@ def square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def load_store(paths, size: int, skips: SkipLog | None = None) -> ImageStore:
-    """All images of a split decoded once, in memory, as square crops (an unreadable image becomes grey,
-    counted in `skips`); the decoded split is kept in the cache for the next run (images.decode_all)."""
+IN_MEMORY_MAX_BYTES = 8 * 1024 ** 3  # a split whose decoded pixels exceed this is read from its files per batch
+
+
+def load_store(paths, size: int, skips: SkipLog | None = None, max_bytes: int = IN_MEMORY_MAX_BYTES) -> ImageStore:
+    """The images of a split as square crops (an unreadable image becomes grey, counted in `skips`): decoded
+    once and held in memory, the decoded split kept in the cache for the next run (images.decode_all); or, when
+    they would take more than `max_bytes` (Fashion200k at 224 px: about 30 GB), decoded from their files on
+    each request."""
     paths = list(paths)
 
     def decode(i, log):
         img = load_image(paths[i], log)
         return to_uint8_tensor(square(img, size)) if img is not None else torch.full((3, size, size), 128, dtype=torch.uint8)
 
+    if len(paths) * 3 * size * size > max_bytes:
+        return ImageStore(size, None, paths, decode=lambda i: decode(i, skips))
     pixels, _ = decode_all(paths, decode, size, skips, {"reader": "maaf.load_store", "size": size},
                            cache_root() / "decoded")
     return ImageStore(size, pixels, paths)

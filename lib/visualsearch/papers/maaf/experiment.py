@@ -78,7 +78,7 @@ class FrozenMaps:
         parts = {s: [] for s in stages}
         with torch.no_grad(), autocast(device, precision):
             for i in range(0, len(store), batch_size):
-                out = trunk(normalize_pixels(store.pixels[i:i + batch_size]).to(device))
+                out = trunk(normalize_pixels(store.get(range(i, min(i + batch_size, len(store))))).to(device))
                 for s in stages:
                     parts[s].append(out[s].half().cpu())
         return cls({s: torch.cat(v) for s, v in parts.items()})

@@ -68,7 +68,7 @@
 # **Run All, by preset** (times on a 2-core CPU):
 # - `smoke`, the parameters cell's default (about 30 s the first time): tiny synthetic data and models that test
 #   the code, not the paper; its claims read "not evaluated".
-# - `default` (about 8-9 minutes the first time on an idle 2-core CPU, most of it 74 trainings two at a time in
+# - `default` (about 6-7 minutes the first time on an idle 2-core CPU, most of it 74 trainings two at a time in
 #   bfloat16 autocast (`precision: bf16`; `overrides = {"precision": "fp32"}` trains in float32); under half a
 #   minute again with the result cache warm, figures included; the committed run's own times are in
 #   `results/run_times.json`): synthetic worlds in the five datasets' formats at a size where the paper's effects

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visualsearch.data.images import ImageStore, to_uint8_tensor
+from visualsearch.data.images import ImageStore, fits_in_memory, to_uint8_tensor
 
 
 def test_in_memory_store_returns_the_requested_images():
@@ -40,6 +40,12 @@ def test_store_refuses_what_it_cannot_hold():
         ImageStore(4)
     with pytest.raises(ValueError, match="uint8"):
         ImageStore(4, torch.zeros(2, 3, 4, 4))
+
+
+def test_one_byte_rule_decides_what_is_held_in_memory():
+    assert fits_in_memory(2, 8, max_bytes=2 * 3 * 8 * 8) and not fits_in_memory(3, 8, max_bytes=2 * 3 * 8 * 8)
+    assert fits_in_memory(10_000, 64)  # the default presets' sets: held
+    assert not fits_in_memory(200_000, 224)  # Fashion200k-sized at 224 px (~30 GB): read on request
 
 
 def _write_images(folder, n=5, size=12):

@@ -29,7 +29,7 @@ def test_image_index_dedupes_normalises_and_counts_unreadable(tmp_path):
     assert store is images.store() and store.pixels[2].eq(0).all()  # decoded once; the unreadable one black
     with pytest.raises(RuntimeError, match="after the images were loaded"):
         images.add([tmp_path / "new.png"])
-    lazy = cd.ImageIndex(8, preload_limit=1)
+    lazy = cd.ImageIndex(8, max_bytes=3 * 8 * 8)
     lazy.add([tmp_path / "a.png", tmp_path / "b.png"])
     pixels = cx.Pixels(lazy, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert torch.equal(pixels([1, 0]), x[[1, 0]]) and lazy.store().pixels is None  # decoded per request

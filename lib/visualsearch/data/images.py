@@ -105,6 +105,19 @@ def decoded_cache_max_bytes() -> int:
         raise ValueError(f"VISUALSEARCH_DECODED_CACHE_GB must be a number of GB, got {env!r}") from None
 
 
+# Largest set of images a reader holds decoded in memory (bytes of uint8 pixels): the one rule that decides
+# between a store held in memory and one read from its files on request (`fits_in_memory`). 8 GB: every
+# default-preset set is under 0.2 GB; at paper scale Fashion200k at 224 px (~30 GB) and the real iMaterialist
+# (~150 GB) are read on request, Fashion IQ (~12 GB) too on a machine whose memory is a few times that.
+IN_MEMORY_MAX_BYTES = 8 * 1024 ** 3
+
+
+def fits_in_memory(n_images: int, size: int, max_bytes: int | None = None) -> bool:
+    """Whether `n_images` images of `size` x `size` (uint8 RGB) are at most `max_bytes` (default
+    `IN_MEMORY_MAX_BYTES`): a reader holds such a set decoded in memory, else reads it from its files per batch."""
+    return n_images * 3 * size * size <= (IN_MEMORY_MAX_BYTES if max_bytes is None else max_bytes)
+
+
 def _files_digest(paths, how: dict) -> str:
     """Hash of `how` (the decoding: size, crop, reader) and of every file's path, size and mtime (a missing file
     counts too): what a decoded split depends on."""

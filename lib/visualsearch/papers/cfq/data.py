@@ -8,8 +8,8 @@ layouts (`REAL_FILES`, `REAL_FOLDERS`) are read; otherwise the synthetic worlds 
 
 Every image any source uses is registered in one `ImageIndex` (path -> store index, each path once), which
 builds the `ImageStore` the models read: decoded once on first use, or decoded on request for sets larger than
-`preload_limit` (the real iMaterialist has a million images). Normalisation is the model's business
-(`experiment`).
+`images.IN_MEMORY_MAX_BYTES` decoded (the real iMaterialist has a million images: ~150 GB at 224 px).
+Normalisation is the model's business (`experiment`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ... import progress as prog
 from ...data import imaterialist as imat
 from ...data.cfq import CFQData, CFQWorldConfig, cfq_world, read_cfq
 from ...data.errors import SkipLog
-from ...data.images import ImageStore, decode_all, load_image, to_uint8_tensor
+from ...data.images import ImageStore, decode_all, fits_in_memory, load_image, to_uint8_tensor
 from ...data.text_feedback import FIQ_JOIN, read_fashion_iq
 from ...data.worlds import cache_root, fingerprint_dir
 from ...models.clip import clip_settings
@@ -35,14 +35,15 @@ from ...models.clip import clip_settings
 class ImageIndex:
     """Every image an experiment uses, addressed by path: `add(paths)` registers paths once each and returns
     their store indices; `store()` builds the `ImageStore` of them (decoded once, the first time it is asked
-    for, unless there are more than `preload_limit` images: then each request decodes its images).
+    for, unless they would take more than `max_bytes` decoded (`images.fits_in_memory`): then each request
+    decodes its images).
 
     Images that cannot be read were already dropped (and counted) by the readers; one failing here is counted
     in `skips` and left black. An image of another size is resized to `size` x `size`.
     """
 
-    def __init__(self, size: int, preload_limit: int = 200_000):
-        self.size, self.paths, self.index, self.preload_limit = size, [], {}, preload_limit
+    def __init__(self, size: int, max_bytes: int | None = None):
+        self.size, self.paths, self.index, self.max_bytes = size, [], {}, max_bytes
         self.skips = SkipLog()
         self._store: ImageStore | None = None
 
@@ -73,7 +74,7 @@ class ImageIndex:
 
     def store(self) -> ImageStore:
         if self._store is None:
-            if len(self.paths) > self.preload_limit:
+            if not fits_in_memory(len(self.paths), self.size, self.max_bytes):
                 self._store = ImageStore(self.size, None, self.paths, decode=self.decode)
             else:
                 # decoded once and kept in the cache for the next run (images.decode_all)

@@ -25,7 +25,7 @@ from PIL import Image
 from ...data import text_feedback as tf
 from ...data.errors import SkipLog
 from ...data.fashion_text import FashionTextConfig, birds_to_words_world, fashion200k_world, fashion_iq_world
-from ...data.images import ImageStore, decode_all, load_image, to_uint8_tensor
+from ...data.images import ImageStore, decode_all, fits_in_memory, load_image, to_uint8_tensor
 from ...data.scenes import ScenesWorldConfig, css_world, spot_the_diff_world
 from ...data.text_feedback import FeedbackSplit
 from ...data.worlds import cache_root, fingerprint_dir
@@ -49,21 +49,18 @@ def square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-IN_MEMORY_MAX_BYTES = 8 * 1024 ** 3  # a split whose decoded pixels exceed this is read from its files per batch
-
-
-def load_store(paths, size: int, skips: SkipLog | None = None, max_bytes: int = IN_MEMORY_MAX_BYTES) -> ImageStore:
+def load_store(paths, size: int, skips: SkipLog | None = None, max_bytes: int | None = None) -> ImageStore:
     """The images of a split as square crops (an unreadable image becomes grey, counted in `skips`): decoded
     once and held in memory, the decoded split kept in the cache for the next run (images.decode_all); or, when
-    they would take more than `max_bytes` (Fashion200k at 224 px: about 30 GB), decoded from their files on
-    each request."""
+    they would take more than `max_bytes` (default `images.IN_MEMORY_MAX_BYTES`; Fashion200k at 224 px: about
+    30 GB), decoded from their files on each request."""
     paths = list(paths)
 
     def decode(i, log):
         img = load_image(paths[i], log)
         return to_uint8_tensor(square(img, size)) if img is not None else torch.full((3, size, size), 128, dtype=torch.uint8)
 
-    if len(paths) * 3 * size * size > max_bytes:
+    if not fits_in_memory(len(paths), size, max_bytes):
         return ImageStore(size, None, paths, decode=lambda i: decode(i, skips))
     pixels, _ = decode_all(paths, decode, size, skips, {"reader": "maaf.load_store", "size": size},
                            cache_root() / "decoded")

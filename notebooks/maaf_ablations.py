@@ -214,11 +214,20 @@ def by_seed(dataset):  # {method: {seed: RunResult}}: what the claims pool
 def decide(claim_id):  # the declared claim on its dataset (skipped when the dataset is not run)
     dataset = claims.CLAIM_DATASETS[claim_id]
     if dataset in data:
-        scored.append(claims.decide_comparison(rep, declared[claim_id], by_seed(dataset),
-                                               experiment.query_references(data[dataset])))
+        keep_scores(claims.decide_comparison(rep, declared[claim_id], by_seed(dataset),
+                                             experiment.query_references(data[dataset])))
 
 
-scored = []  # every decided claim with its per-query scores (the claim_scores table at the end)
+def keep_scores(decided):  # a claim decided on per-item scores (None: not decided on any, e.g. at smoke size)
+    if decided is not None:
+        scored.append(decided)
+
+
+def data_of(decided):  # the data descriptions of the datasets these claims were decided on
+    return "; ".join(data[d].description for d in dict.fromkeys(s.dataset for s in decided))
+
+
+scored = []  # every decided claim with its per-query scores (the comparison and claim_scores tables)
 
 
 # %% [markdown]
@@ -292,10 +301,9 @@ for name, dataset, claim_id in (("birds_to_words_recall", "birds_to_words", "b2w
 # asks for "competitive", within 0.02).
 
 # %%
-compared = [s for s in scored if s is not None]
-if compared:
-    display(rep.table("claim_comparisons", tables.comparison_rows(compared, dataset_label | {"fashioniq": "Fashion IQ"}),
-                      data="; ".join(data[d].description for d in dict.fromkeys(s.dataset for s in compared)),
+if scored:
+    display(rep.table("claim_comparisons", tables.comparison_rows(scored, dataset_label | {"fashioniq": "Fashion IQ"}),
+                      data=data_of(scored),
                       note="mean per-query score of MAAF and of the compared method (seeds pooled) and their "
                            "difference; the claims table decides each with its bootstrap interval"))
 
@@ -359,7 +367,7 @@ if "css" in data:
         display(rep.table("css_place_attention", tables.place_attention_rows(places), data=data["css"].description,
                           note="mean over place words of the ratio of a word's attention inside the named cell to "
                                "its mean attention over the image tokens (of that stage; 'all': both stages)"))
-    scored.append(claims.decide_words_avoid(rep, declared["words_avoid_named_region"], places))
+    keep_scores(claims.decide_words_avoid(rep, declared["words_avoid_named_region"], places))
     ratios = tables.place_attention_rows(places).reproduced
     if len(ratios):
         print(f"place / mean attention ratios: from {ratios.min():.2f} to {ratios.max():.2f} "
@@ -414,9 +422,8 @@ if "fashioniq" in data:
 
 # %%
 display(rep.claims_table())
-scored = [s for s in scored if s is not None]
 if scored:
     display(rep.table("claim_scores", tables.claim_score_rows(scored, dataset_label | {"fashioniq": "Fashion IQ"}),
-                      data="; ".join(data[d].description for d in dict.fromkeys(s.dataset for s in scored)),
+                      data=data_of(scored),
                       note="mean per-query score (the claim's `item score`) per training seed and pooled over "
                            "the seeds; `items`: the queries (or place words) it is averaged over"))

@@ -42,10 +42,19 @@ def test_store_refuses_what_it_cannot_hold():
         ImageStore(4, torch.zeros(2, 3, 4, 4))
 
 
-def test_one_byte_rule_decides_what_is_held_in_memory():
+def test_one_byte_rule_decides_what_is_held_in_memory(monkeypatch):
+    monkeypatch.delenv("VISUALSEARCH_IN_MEMORY_GB", raising=False)
     assert fits_in_memory(2, 8, max_bytes=2 * 3 * 8 * 8) and not fits_in_memory(3, 8, max_bytes=2 * 3 * 8 * 8)
     assert fits_in_memory(10_000, 64)  # the default presets' sets: held
     assert not fits_in_memory(200_000, 224)  # Fashion200k-sized at 224 px (~30 GB): read on request
+
+
+def test_the_in_memory_limit_is_set_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VISUALSEARCH_IN_MEMORY_GB", "40")
+    assert fits_in_memory(200_000, 224)
+    monkeypatch.setenv("VISUALSEARCH_IN_MEMORY_GB", "8 GB")
+    with pytest.raises(ValueError, match="VISUALSEARCH_IN_MEMORY_GB must be a number of GB, got '8 GB'"):
+        fits_in_memory(10, 8)
 
 
 def _write_images(folder, n=5, size=12):

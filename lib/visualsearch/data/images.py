@@ -95,27 +95,35 @@ DECODED_VERSION = 1  # bump when the stored form of `decode_all`'s cache changes
 DECODED_CACHE_MAX_BYTES = 2 * 1024 ** 3
 
 
-def decoded_cache_max_bytes() -> int:
-    env = os.environ.get("VISUALSEARCH_DECODED_CACHE_GB")
+def _bytes_setting(variable: str, default: int) -> int:
+    """A size limit in bytes from the environment variable `variable` (a number of GB), else `default`."""
+    env = os.environ.get(variable)
     if env is None:
-        return DECODED_CACHE_MAX_BYTES
+        return default
     try:
         return int(float(env) * 1024 ** 3)
     except ValueError:
-        raise ValueError(f"VISUALSEARCH_DECODED_CACHE_GB must be a number of GB, got {env!r}") from None
+        raise ValueError(f"{variable} must be a number of GB, got {env!r}") from None
+
+
+def decoded_cache_max_bytes() -> int:
+    return _bytes_setting("VISUALSEARCH_DECODED_CACHE_GB", DECODED_CACHE_MAX_BYTES)
 
 
 # Largest set of images a reader holds decoded in memory (bytes of uint8 pixels): the one rule that decides
-# between a store held in memory and one read from its files on request (`fits_in_memory`). 8 GB: every
-# default-preset set is under 0.2 GB; at paper scale Fashion200k at 224 px (~30 GB) and the real iMaterialist
-# (~150 GB) are read on request, Fashion IQ (~12 GB) too on a machine whose memory is a few times that.
+# between a store held in memory and one read from its files on request (`fits_in_memory`);
+# $VISUALSEARCH_IN_MEMORY_GB sets it. 8 GB: every default-preset set is under 0.2 GB; at 224 px Fashion200k
+# (~30 GB), the real iMaterialist (~150 GB) and Fashion IQ (~12 GB) are read on request unless it is raised
+# (e.g. to 16 on a machine with 128 GB, to hold Fashion IQ and decode no JPEG per batch).
 IN_MEMORY_MAX_BYTES = 8 * 1024 ** 3
 
 
 def fits_in_memory(n_images: int, size: int, max_bytes: int | None = None) -> bool:
     """Whether `n_images` images of `size` x `size` (uint8 RGB) are at most `max_bytes` (default
-    `IN_MEMORY_MAX_BYTES`): a reader holds such a set decoded in memory, else reads it from its files per batch."""
-    return n_images * 3 * size * size <= (IN_MEMORY_MAX_BYTES if max_bytes is None else max_bytes)
+    `IN_MEMORY_MAX_BYTES`, or $VISUALSEARCH_IN_MEMORY_GB): a reader holds such a set decoded in memory, else
+    reads it from its files per batch."""
+    limit = _bytes_setting("VISUALSEARCH_IN_MEMORY_GB", IN_MEMORY_MAX_BYTES) if max_bytes is None else max_bytes
+    return n_images * 3 * size * size <= limit
 
 
 def _files_digest(paths, how: dict) -> str:

@@ -185,9 +185,12 @@ print("backbone weights:", display_path(weights) if weights else "random init")
 # Every run uses the same loss (softmax over the batch's targets, logits = s^2 cos with a learnable scale s
 # initialised at 4), the same optimiser (SGD, momentum 0.9) and the same steps. Every run a claim compares is
 # trained with `claim_seeds` seeds (runs named "..., seed 1"); the tables below show seed `seed`, the claims pool
-# the seeds, and the per-seed numbers are in the `claim_scores` table at the end. The ablation grid is one seed
-# per row. The `trainable parameters` column of each table (and of `run_costs`) is what the optimiser updated:
-# the frozen backbone is not counted. Results are cached: a rerun that only restyles a figure trains nothing.
+# the seeds, and the per-seed numbers are in the `claim_scores` table at the end. A training seed sets the
+# model's initialisation and its batches; every seed starts from the same frozen backbone (pretrained once, with
+# `seed`), as every run of the paper starts from the same ImageNet weights, so the claims' intervals leave out
+# how much a verdict would move with another pretraining. The ablation grid is one seed per row. The `trainable
+# parameters` column of each table (and of `run_costs`) is what the optimiser updated: the frozen backbone is not
+# counted. Results are cached: a rerun that only restyles a figure trains nothing.
 
 # %%
 runs = experiment.plan_runs(p, weights, claims.seeded_runs(p))
